@@ -1,0 +1,62 @@
+"""One onnxruntime session of one model version, and how to call it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    """Options for a serving session: full graph optimisation, a fixed small thread pool.
+
+    One intra-op thread per session is the default: the server parallelises across streams by batching,
+    and more threads per call only fight each other on a small machine.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(model_path: Path | str, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """Open an ONNX file from disk on the CPU. Raises onnxruntime's error when it is not a valid model."""
+    return ort.InferenceSession(
+        os.fspath(model_path),
+        sess_options=session_options(intra_op_threads),
+        providers=["CPUExecutionProvider"],
+    )
+
+
+class ModelRunner:
+    """Runs batches of feature windows through a session and returns class probabilities.
+
+    ``run`` is blocking and thread-safe (onnxruntime sessions may be shared across threads); the server
+    calls it from a worker thread, never on the event loop.
+    """
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, *, logits: bool) -> None:
+        self.session = session
+        self.input_name = input_name
+        self.output_name = output_name
+        self.logits = logits
+
+    def run(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``(batch, frames, n_mels)`` windows in, ``(batch, n_classes)`` probabilities out."""
+        (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(windows)})
+        scores = np.asarray(out, dtype=np.float32)
+        return softmax(scores) if self.logits else scores
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities: npt.NDArray[np.float32] = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+    return probabilities
