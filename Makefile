@@ -1,0 +1,67 @@
+# Hark: every set-up step lives here, so a fresh clone needs nothing installed by hand.
+#   make run    create .venv, install the server, serve the bundled model on 127.0.0.1:50051
+#   make test   create .venv, install everything the suite needs, run the whole suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@touch $@ $(SERVE_STAMP)
+
+.PHONY: system-deps
+system-deps:  ## Debian packages the data pipeline and tests use (espeak-ng)
+	@command -v espeak-ng >/dev/null || { \
+		echo "installing espeak-ng (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+
+.PHONY: install
+install: $(SERVE_STAMP)  ## Create .venv with the server and client
+
+.PHONY: dev
+dev: $(DEV_STAMP) system-deps  ## Create .venv with training, test and lint tools
+
+.PHONY: run
+run: $(SERVE_STAMP)  ## Serve the bundled model on 127.0.0.1:50051
+	$(BIN)/hark serve
+
+.PHONY: test
+test: $(DEV_STAMP) system-deps  ## Run the whole test suite
+	$(BIN)/python -m pytest -q
+
+.PHONY: lint
+lint: $(DEV_STAMP)  ## ruff and mypy
+	$(BIN)/ruff check service training tests proto
+	$(BIN)/ruff format --check service training tests proto
+	$(BIN)/mypy service training
+
+.PHONY: proto
+proto: $(DEV_STAMP)  ## Regenerate service/api from proto/
+	$(BIN)/python proto/generate.py
+
+.PHONY: model
+model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the bundled model (about 25 min)
+	$(BIN)/hark data build --out data/keywords
+	$(BIN)/hark train --config training/configs/keywords.toml --data data/keywords/manifest.csv --out runs/keywords
+	$(BIN)/hark export runs/keywords --store model_store --name keywords
+
+.PHONY: clean
+clean:  ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
