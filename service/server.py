@@ -1,0 +1,560 @@
+"""The gRPC server: the Classifier servicer, health, reflection, model reloads and graceful shutdown.
+
+The servicer is thin on purpose: it validates requests, drives a :class:`StreamSession` per stream and
+the shared :class:`BatcherPool`, and maps exceptions to status codes in one place
+(:func:`status_for`). Everything that computes lives in ``session``, ``batcher`` and ``postprocess``.
+
+Status codes:
+
+* ``INVALID_ARGUMENT``: audio before the config, a second config, an empty request, an unsupported
+  sample rate or encoding, a partial sample or a non-finite float, a chunk over ``max_chunk_bytes``, an
+  invalid model name, an empty or over-long ``Classify`` clip. Empty audio chunks are allowed and ignored.
+* ``NOT_FOUND``: no such model or version (the message lists what is available).
+* ``RESOURCE_EXHAUSTED``: more than ``max_streams`` concurrent streams; a stream longer than ``max_stream_s``.
+* ``DEADLINE_EXCEEDED``: no message on a stream for ``idle_timeout_s``.
+* ``UNAVAILABLE``: the server is shutting down.
+* ``INTERNAL``: inference failed for the batch a window was in (other streams carry on).
+
+Run it with ``python -m service.server`` (settings from ``HARK_*``) or through the CLI's ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
+from service.audio import PCM_F32LE, PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
+from service.batcher import Batcher, BatcherPool, InferenceError
+from service.config import Settings
+from service.logging import configure_logging, get_logger
+from service.model_store import (
+    InvalidModelName,
+    LoadedModel,
+    ModelNotFound,
+    ModelStore,
+    RefreshReport,
+    validate_model_name,
+)
+from service.postprocess import aggregate_clip
+from service.session import Scored, StreamSession, StreamTooLong, Window, clip_windows
+
+SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
+ENCODINGS: dict[int, str] = {hark_pb2.PCM_S16LE: PCM_S16LE, hark_pb2.PCM_F32LE: PCM_F32LE}
+
+log = get_logger("hark.server")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (no valid model, port taken); the message says what to fix."""
+
+
+class RpcFailure(Exception):
+    """A request the servicer refuses, with the status code and a message a person can act on."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# What a request can do wrong (or suffer) that maps to a status code; anything else is a bug.
+_REFUSALS = (RpcFailure, AudioError, InvalidModelName, ModelNotFound, StreamTooLong, InferenceError)
+
+
+def status_for(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from our exceptions to gRPC status codes."""
+    if isinstance(error, RpcFailure):
+        return error.code, error.message
+    if isinstance(error, (AudioError, InvalidModelName)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, ModelNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, StreamTooLong):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, InferenceError):
+        return grpc.StatusCode.INTERNAL, str(error)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
+
+
+def _encoding(value: int) -> str:
+    if value not in ENCODINGS:
+        name = hark_pb2.AudioEncoding.Name(value) if value in hark_pb2.AudioEncoding.values() else str(value)
+        raise AudioError(f"encoding {name} is not supported; set encoding to PCM_S16LE or PCM_F32LE")
+    return ENCODINGS[value]
+
+
+def _started(model: LoadedModel) -> hark_pb2.StreamResponse:
+    m = model.manifest
+    return hark_pb2.StreamResponse(
+        started=hark_pb2.StreamStarted(
+            model=m.name, version=m.version, labels=m.labels, window_s=m.window_s, hop_s=m.hop_s
+        )
+    )
+
+
+def _responses(scored: Scored, emit_scores: bool) -> list[hark_pb2.StreamResponse]:
+    out = []
+    if emit_scores:
+        w = scored.window
+        out.append(
+            hark_pb2.StreamResponse(
+                scores=hark_pb2.WindowScores(start_s=w.start_s, end_s=w.end_s, scores=scored.scores.tolist())
+            )
+        )
+    for e in scored.events:
+        out.append(hark_pb2.StreamResponse(event=hark_pb2.Event(label=e.label, score=e.score, time_s=e.time_s)))
+    return out
+
+
+def model_info(name: str, versions: dict[int, LoadedModel]) -> hark_pb2.ModelInfo:
+    items = []
+    for number in sorted(versions):
+        m = versions[number].manifest
+        try:
+            accuracy = float(m.metrics.get("test_accuracy", 0) or 0)
+        except (TypeError, ValueError):
+            accuracy = 0.0
+        items.append(
+            hark_pb2.ModelVersion(
+                version=m.version,
+                sha256=m.sha256,
+                labels=m.labels,
+                window_s=m.window_s,
+                hop_s=m.hop_s,
+                sample_rate_hz=m.frontend.sample_rate,
+                test_accuracy=accuracy,
+                created_at=m.created_at.isoformat(),
+            )
+        )
+    return hark_pb2.ModelInfo(name=name, default_version=max(versions), versions=items)
+
+
+class ClassifierService(hark_pb2_grpc.ClassifierServicer):
+    """The ``hark.v1.Classifier`` servicer: validation and status codes over sessions and batchers."""
+
+    def __init__(self, settings: Settings, store: ModelStore, pool: BatcherPool) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.active_streams = 0  # StreamClassify calls, for max_streams
+        self.active_calls = 0  # StreamClassify and Classify calls, which a drain waits for
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        self.active_calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.active_calls -= 1
+            if self.active_calls == 0:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Refuse new classification calls; wait up to ``grace`` s for running ones. True if they all ended."""
+        self.draining = True
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # StreamClassify ----------------------------------------------------------------------------------
+
+    async def StreamClassify(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        stream_id = uuid.uuid4().hex[:12]
+        slog = log.bind(stream_id=stream_id)
+        if self.draining:
+            await self._abort(context, slog, RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is shutting down"))
+        if self.active_streams >= self.settings.max_streams:
+            await self._abort(
+                context,
+                slog,
+                RpcFailure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"server is at its limit of {self.settings.max_streams} concurrent streams; retry later",
+                ),
+            )
+        self.active_streams += 1
+        try:
+            with self._tracked():
+                await self._stream(context, stream_id, slog)
+        finally:
+            self.active_streams -= 1
+
+    async def _stream(self, context: grpc.aio.ServicerContext, stream_id: str, slog: Any) -> None:
+        started = time.monotonic()
+        session: StreamSession | None = None
+        try:
+            session = await self._open(context, stream_id)
+            slog = slog.bind(model=session.model.name, version=session.model.version)
+            slog.info(
+                "stream started",
+                sample_rate_hz=session.sample_rate,
+                encoding=session.encoding,
+                emit_scores=session.emit_scores,
+            )
+            with self.pool.lease(session.model) as batcher:
+                await context.write(_started(session.model))
+                while (request := await self._read(context)) is not None:
+                    kind = request.WhichOneof("request")
+                    if kind == "config":
+                        raise RpcFailure(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "a second StreamConfig was sent; the config comes once, as the first message",
+                        )
+                    if kind != "audio":
+                        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "empty StreamRequest: set config or audio")
+                    await self._score(context, session, batcher, session.feed_pcm(request.audio.pcm))
+                await self._score(context, session, batcher, session.finish())
+            slog.info(
+                "stream finished",
+                audio_s=round(session.audio_s, 3),
+                windows=session.windows,
+                events=session.events,
+                wall_s=round(time.monotonic() - started, 3),
+            )
+        except _REFUSALS as e:
+            await self._abort(context, slog, e)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # a bug: say so, keep the details in the log, not on the wire
+            slog.exception("stream failed")
+            await self._abort(context, slog, e)
+        except asyncio.CancelledError:
+            slog.info("stream cancelled", audio_s=round(session.audio_s, 3) if session else 0.0)
+            raise
+
+    async def _open(self, context: grpc.aio.ServicerContext, stream_id: str) -> StreamSession:
+        first = await self._read(context)
+        if first is None:
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before a StreamConfig was sent")
+        if first.WhichOneof("request") != "config":
+            raise RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "send a StreamConfig first: the first StreamRequest must set config, then audio chunks follow",
+            )
+        config = first.config
+        check_sample_rate(config.sample_rate_hz)
+        encoding = _encoding(config.encoding)
+        model = self.store.resolve(config.model, config.version)
+        session = StreamSession(
+            model,
+            sample_rate=config.sample_rate_hz,
+            encoding=encoding,
+            settings=self.settings,
+            stream_id=stream_id,
+            emit_scores=config.emit_scores,
+        )
+        return session
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> hark_pb2.StreamRequest | None:
+        """The next request, or None at the client's half-close; a silent client is ended."""
+        try:
+            async with asyncio.timeout(self.settings.idle_timeout_s):
+                request = await context.read()
+        except TimeoutError:
+            raise RpcFailure(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no message for {self.settings.idle_timeout_s:g} s; send audio or close the stream",
+            ) from None
+        if request is grpc.aio.EOF:
+            return None
+        assert isinstance(request, hark_pb2.StreamRequest)
+        return request
+
+    async def _score(
+        self, context: grpc.aio.ServicerContext, session: StreamSession, batcher: Batcher, windows: list[Window]
+    ) -> None:
+        if not windows:
+            return
+        probabilities = await batcher.submit_many([w.features for w in windows])
+        for window, p in zip(windows, probabilities, strict=True):
+            for response in _responses(session.score(window, p), session.emit_scores):
+                await context.write(response)
+
+    # Classify ----------------------------------------------------------------------------------------
+
+    async def Classify(
+        self, request: hark_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> hark_pb2.ClassifyResponse:
+        slog = log.bind(rpc="Classify")
+        if self.draining:
+            await self._abort(context, slog, RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is shutting down"))
+        with self._tracked():
+            return await self._classify(request, context, slog)
+
+    async def _classify(
+        self, request: hark_pb2.ClassifyRequest, context: grpc.aio.ServicerContext, slog: Any
+    ) -> hark_pb2.ClassifyResponse:
+        try:
+            rate = check_sample_rate(request.sample_rate_hz)
+            encoding = _encoding(request.encoding)
+            model = self.store.resolve(request.model, request.version)
+            slog = slog.bind(model=model.name, version=model.version)
+            if not request.pcm:
+                raise AudioError("pcm is empty: send the clip's samples")
+            samples = decode_pcm(request.pcm, encoding)
+            if samples.size / rate > self.settings.max_stream_s:
+                raise RpcFailure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"clip of {samples.size / rate:.1f} s exceeds the limit of {self.settings.max_stream_s:g} s",
+                )
+            windows = await asyncio.to_thread(
+                lambda: clip_windows(resample(samples, rate, model.manifest.frontend.sample_rate), model)
+            )
+            with self.pool.lease(model) as batcher:
+                probabilities = np.stack(await batcher.submit_many(list(windows)))
+        except _REFUSALS as e:
+            await self._abort(context, slog, e)
+        m = model.manifest
+        scores = aggregate_clip(probabilities, m.labels, m.background_labels)
+        best = int(scores.argmax())
+        return hark_pb2.ClassifyResponse(
+            model=m.name,
+            version=m.version,
+            label=m.labels[best],
+            score=float(scores[best]),
+            scores=[hark_pb2.ClassScore(label=lb, score=float(s)) for lb, s in zip(m.labels, scores, strict=True)],
+        )
+
+    # Models ------------------------------------------------------------------------------------------
+
+    async def ListModels(
+        self, request: hark_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> hark_pb2.ListModelsResponse:
+        models = self.store.models()
+        return hark_pb2.ListModelsResponse(models=[model_info(name, models[name]) for name in sorted(models)])
+
+    async def GetModel(
+        self, request: hark_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> hark_pb2.ModelInfo:
+        try:
+            name = request.name or self.store.default_name()
+            validate_model_name(name)
+            models = self.store.models()
+            if name not in models:
+                available = ", ".join(sorted(models)) or "none"
+                raise ModelNotFound(f"model {name!r} is not served (available: {available})")
+        except (InvalidModelName, ModelNotFound) as e:
+            await self._abort(context, log.bind(rpc="GetModel"), e)
+        return model_info(name, models[name])
+
+    # Errors ------------------------------------------------------------------------------------------
+
+    async def _abort(self, context: grpc.aio.ServicerContext, slog: Any, error: Exception) -> NoReturn:
+        code, message = status_for(error)
+        if code == grpc.StatusCode.INTERNAL:
+            slog.error("request failed", code=code.name, error=message)
+        else:
+            slog.info("request refused", code=code.name, error=message)
+        await context.abort(code, message)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+@dataclass
+class RunningServer:
+    """A started server. ``stop`` drains it; ``reload`` rescans the store now (the timer does it too)."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    store: ModelStore
+    pool: BatcherPool
+    servicer: ClassifierService
+    health: health.aio.HealthServicer
+    host: str
+    port: int
+    _reload_task: asyncio.Task[None] | None = None
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    async def reload(self) -> RefreshReport:
+        """Rescan the store in a worker thread, log what changed, retire batchers of vanished versions."""
+        report = await asyncio.to_thread(self.store.refresh)
+        _log_report(report)
+        models = self.store.models()
+        self.pool.sweep(m for versions in models.values() for m in versions.values())
+        if not self._stopping:
+            status = health_pb2.HealthCheckResponse.SERVING if models else health_pb2.HealthCheckResponse.NOT_SERVING
+            if not models:
+                log.error("no valid model left in the store", store=str(self.store.root))
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, status)
+        return report
+
+    async def _reload_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("model store refresh failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health to NOT_SERVING, refuse new classification calls with UNAVAILABLE, give running ones
+        ``grace`` seconds (``settings.shutdown_grace_s`` when None), then close the server."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", grace_s=grace, streams=self.servicer.active_streams)
+        # Health first, so load balancers stop sending; the server keeps answering health checks and
+        # model queries while the classification calls already running finish.
+        await self.health.enter_graceful_shutdown()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+        if not await self.servicer.drain(grace):
+            log.warning("grace period over; cancelling running calls", calls=self.servicer.active_calls)
+        # A short tail for calls that are not classification (health watches, reflection); 0 when the
+        # grace period is already spent.
+        await self.server.stop(min(1.0, grace) if self.servicer.active_calls == 0 else 0)
+        await self.pool.close()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def _log_report(report: RefreshReport) -> None:
+    for name, version in report.loaded:
+        log.info("model version loaded", model=name, version=version)
+    for path, reason in report.refused.items():
+        log.warning("model version refused", path=path, reason=reason)
+    for name, version in report.removed:
+        log.info("model version removed", model=name, version=version)
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
+    configure_logging(settings.log_format, settings.log_level)
+    store = ModelStore(
+        settings.model_store, default_model=settings.default_model, intra_op_threads=settings.intra_op_threads
+    )
+    report = await asyncio.to_thread(store.refresh)
+    _log_report(report)
+    models = store.models()
+    if not models:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in report.refused.items())
+        raise StartupError(
+            f"no valid model version in {settings.model_store}"
+            + (f" (refused: {reasons})" if reasons else " (the store is empty or missing)")
+        )
+    if settings.default_model and settings.default_model not in models:
+        raise StartupError(
+            f"default model {settings.default_model!r} has no valid version in {settings.model_store} "
+            f"(available: {', '.join(sorted(models))})"
+        )
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+    ]
+    server = grpc.aio.server(options=options)
+    pool = BatcherPool(settings)
+    servicer = ClassifierService(settings, store, pool)
+    hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    target = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(target)
+    except RuntimeError as e:
+        raise StartupError(f"cannot listen on {target}: {e}") from e
+    if port == 0:
+        raise StartupError(f"cannot listen on {target}")
+    await server.start()
+    running = RunningServer(
+        settings=settings,
+        server=server,
+        store=store,
+        pool=pool,
+        servicer=servicer,
+        health=health_servicer,
+        host=settings.host,
+        port=port,
+    )
+    if settings.reload_interval_s > 0:
+        running._reload_task = asyncio.get_running_loop().create_task(
+            running._reload_forever(settings.reload_interval_s), name="model-reload"
+        )
+    return running
+
+
+async def _serve(settings: Settings) -> int:
+    running = await start_server(settings)
+    log.info(f"listening on {running.address}", address=running.address, models=sorted(running.store.models()))
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+    forced: set[asyncio.Task[None]] = set()
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("signal received", signal=sig.name)
+            stop_requested.set()
+        else:  # a second signal: do not wait for the grace period
+            log.warning("second signal: cancelling running streams now", signal=sig.name)
+            forced.add(loop.create_task(running.server.stop(0)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop_requested.wait()
+        await running.stop(settings.shutdown_grace_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    """Run the server on uvloop until SIGTERM/SIGINT; return the process exit code (0 after a clean drain)."""
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return uvloop.run(_serve(settings))
+    except StartupError as e:
+        log.error("cannot start", error=str(e))
+        return 1
+
+
+def main() -> int:
+    """``python -m service.server``: settings from ``HARK_*`` and ``HARK_CONFIG_FILE``."""
+    return serve(Settings.load())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

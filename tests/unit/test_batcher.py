@@ -1,0 +1,175 @@
+"""The dynamic batcher: batches fill up, flush on time, and a failing batch fails only itself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, BatcherPool, InferenceError
+from service.config import Settings
+from tests.fixtures_models import load_tiny
+
+
+class Recorder:
+    """A stand-in model: returns each window's first value, remembers batch sizes, fails on a NaN."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.sizes: list[int] = []
+        self.delay_s = delay_s
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(batch.shape[0])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if np.isnan(batch).any():
+            raise RuntimeError("poisoned window")
+        return batch[:, 0, :1].astype(np.float32)
+
+
+def window(value: float) -> np.ndarray:
+    return np.full((4, 3), value, dtype=np.float32)
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+async def test_batches_fill_to_max_batch(executor: ThreadPoolExecutor) -> None:
+    run = Recorder()
+    batcher = Batcher(run, executor=executor, max_batch=4, max_delay_s=0.05)
+    results = await batcher.submit_many([window(i) for i in range(10)])
+    assert [float(r[0]) for r in results] == list(range(10))  # every caller gets its own row
+    assert run.sizes == [4, 4, 2]
+    await batcher.close()
+
+
+async def test_a_lone_window_is_flushed_after_max_delay(executor: ThreadPoolExecutor) -> None:
+    run = Recorder()
+    batcher = Batcher(run, executor=executor, max_batch=32, max_delay_s=0.05)
+    start = time.perf_counter()
+    result = await batcher.submit(window(7))
+    waited = time.perf_counter() - start
+    assert float(result[0]) == 7
+    assert run.sizes == [1]
+    assert 0.04 <= waited < 1.0
+    await batcher.close()
+
+
+async def test_zero_delay_runs_at_once(executor: ThreadPoolExecutor) -> None:
+    batcher = Batcher(Recorder(), executor=executor, max_batch=32, max_delay_s=0.0)
+    start = time.perf_counter()
+    await batcher.submit(window(1))
+    assert time.perf_counter() - start < 0.03
+    await batcher.close()
+
+
+async def test_windows_arriving_while_the_worker_is_busy_form_the_next_batch(executor: ThreadPoolExecutor) -> None:
+    run = Recorder(delay_s=0.1)
+    batcher = Batcher(run, executor=executor, max_batch=8, max_delay_s=0.0, workers=1)
+    first = asyncio.ensure_future(batcher.submit(window(0)))
+    await asyncio.sleep(0.03)  # the first batch is now running
+    rest = await batcher.submit_many([window(i) for i in range(1, 6)])
+    await first
+    assert run.sizes == [1, 5]
+    assert [float(r[0]) for r in rest] == [1, 2, 3, 4, 5]
+    await batcher.close()
+
+
+async def test_an_error_fails_exactly_that_batch(executor: ThreadPoolExecutor) -> None:
+    run = Recorder()
+    batcher = Batcher(run, executor=executor, max_batch=2, max_delay_s=0.05)
+    bad = await asyncio.gather(batcher.submit(window(1)), batcher.submit(window(np.nan)), return_exceptions=True)
+    assert all(isinstance(r, InferenceError) for r in bad)
+    assert "poisoned window" in str(bad[0])
+    # Another batch, submitted at the same time as the poisoned one would have been, is untouched.
+    good = await batcher.submit_many([window(3), window(4)])
+    assert [float(r[0]) for r in good] == [3, 4]
+    assert run.sizes == [2, 2]
+    await batcher.close()
+
+
+async def test_a_model_returning_the_wrong_shape_is_an_inference_error(executor: ThreadPoolExecutor) -> None:
+    batcher = Batcher(lambda b: np.zeros((1, 2), np.float32), executor=executor, max_batch=2, max_delay_s=0.05)
+    with pytest.raises(InferenceError, match="shape"):
+        await batcher.submit_many([window(1), window(2)])
+    await batcher.close()
+
+
+async def test_the_event_loop_keeps_running_during_inference(executor: ThreadPoolExecutor) -> None:
+    batcher = Batcher(Recorder(delay_s=0.2), executor=executor, max_batch=1, max_delay_s=0.0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.ensure_future(ticker())
+    await batcher.submit(window(1))
+    task.cancel()
+    assert ticks >= 10
+    await batcher.close()
+
+
+async def test_a_cancelled_caller_does_not_cost_a_model_call(executor: ThreadPoolExecutor) -> None:
+    run = Recorder()
+    batcher = Batcher(run, executor=executor, max_batch=4, max_delay_s=0.05)
+    doomed = asyncio.ensure_future(batcher.submit(window(1)))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.sleep(0.1)
+    assert run.sizes == []
+    assert float((await batcher.submit(window(2)))[0]) == 2
+    await batcher.close()
+
+
+async def test_close_fails_what_is_still_queued(executor: ThreadPoolExecutor) -> None:
+    started = threading.Event()
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        started.set()
+        time.sleep(0.1)
+        return batch[:, 0, :1]
+
+    batcher = Batcher(slow, executor=executor, max_batch=1, max_delay_s=0.0, workers=1)
+    first = asyncio.ensure_future(batcher.submit(window(1)))
+    second = asyncio.ensure_future(batcher.submit(window(2)))
+    await asyncio.to_thread(started.wait, 1.0)
+    await batcher.close()
+    for future in (first, second):
+        with pytest.raises(InferenceError, match="closed"):
+            await future
+    with pytest.raises(InferenceError, match="closed"):
+        await batcher.submit(window(3))
+
+
+async def test_pool_keeps_one_batcher_per_version_and_closes_it_when_gone_and_idle(tmp_path: Path) -> None:
+    v1 = load_tiny(tmp_path)
+    v2 = load_tiny(tmp_path)
+    pool = BatcherPool(Settings(max_batch=4, max_delay_ms=1))
+    b1 = pool.acquire(v1)
+    assert pool.acquire(v1) is b1
+    with pool.lease(v2) as b2:
+        assert b2 is not b1
+        assert (await b2.submit(np.zeros((98, 40), np.float32))).shape == (12,)
+    pool.release(v1)
+    # v1 is no longer served but a stream still holds it: it stays until released.
+    assert pool.sweep([v2]) == []
+    assert pool.names == ["tiny/1", "tiny/2"]
+    assert (await b1.submit(np.zeros((98, 40), np.float32))).shape == (12,)
+    pool.release(v1)
+    await asyncio.sleep(0)
+    assert pool.names == ["tiny/2"]
+    # Now gone and idle: a new stream on the same LoadedModel would get a fresh batcher.
+    assert pool.sweep([]) == ["tiny/2"]
+    await pool.close()
