@@ -23,12 +23,15 @@ import numpy as np
 import numpy.typing as npt
 
 from service.config import Settings
+from service.logging import get_logger
 from service.model_store import LoadedModel
 
 FloatArray = npt.NDArray[np.float32]
 RunFn = Callable[[FloatArray], FloatArray]
 # ``observe(stage, seconds)`` for "queue" (per window: enqueue to batch start) and "inference" (per batch).
 StageObserver = Callable[[str, float], None]
+
+log = get_logger("hark.batcher")
 
 
 class InferenceError(RuntimeError):
@@ -160,7 +163,11 @@ class Batcher:
                 _fail(live, InferenceError(f"batcher for {self.name} closed"))
                 raise
             except Exception as e:
-                _fail(live, InferenceError(f"inference failed for {self.name}: {type(e).__name__}: {e}"))
+                # The details (file paths, kernel names) go to the log; callers get what they can act on.
+                log.error("inference batch failed", model=self.name, batch=len(live), error=f"{type(e).__name__}: {e}")
+                _fail(
+                    live, InferenceError(f"inference failed for {self.name} ({type(e).__name__}); see the server log")
+                )
                 return
             self._observe("inference", time.perf_counter() - start)
             self.batches += 1

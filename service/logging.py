@@ -19,6 +19,9 @@ _configured = False
 class _StderrLogger:
     """Writes each line to whatever ``sys.stderr`` is *now*, so a swapped stream (pytest) is honoured."""
 
+    def __init__(self, name: str = "hark") -> None:
+        self.name = name
+
     def msg(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
@@ -26,7 +29,12 @@ class _StderrLogger:
 
 
 def _logger_factory(*args: Any) -> _StderrLogger:
-    return _StderrLogger()
+    return _StderrLogger(str(args[0]) if args else "hark")
+
+
+def _add_logger_name(logger: Any, method_name: str, event_dict: Any) -> Any:
+    event_dict.setdefault("logger", getattr(logger, "name", "hark"))
+    return event_dict
 
 
 def configure_logging(
@@ -53,6 +61,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
@@ -68,5 +77,9 @@ def configure_logging(
 
 
 def get_logger(name: str = "hark", **bound: Any) -> Any:
-    """A structlog logger with ``logger=name`` and ``bound`` on every line."""
-    return structlog.get_logger(name).bind(logger=name, **bound)
+    """A structlog logger with ``logger=name`` and ``bound`` on every line.
+
+    Lazy: it takes the configuration in force when it is first used (or ``bind``-ed), so a module-level
+    logger made at import time still follows :func:`configure_logging` called later.
+    """
+    return structlog.get_logger(name, **bound)

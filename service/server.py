@@ -71,6 +71,10 @@ class RpcFailure(Exception):
         self.message = message
 
 
+class _CallEnded(Exception):
+    """The call is over on the client's side (cancelled, deadline passed): nobody is left to answer."""
+
+
 # What a request can do wrong (or suffer) that maps to a status code; anything else is a bug.
 _REFUSALS = (RpcFailure, AudioError, InvalidModelName, ModelNotFound, StreamTooLong, InferenceError)
 
@@ -236,6 +240,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             await self._abort(context, slog, e)
         except grpc.aio.AbortError:
             raise
+        except _CallEnded:
+            slog.info(
+                "stream ended by the client or its deadline", audio_s=round(session.audio_s, 3) if session else 0.0
+            )
         except Exception as e:  # a bug: say so, keep the details in the log, not on the wire
             slog.exception("stream failed")
             await self._abort(context, slog, e)
@@ -277,6 +285,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                 f"no message for {self.settings.idle_timeout_s:g} s; send audio or close the stream",
             ) from None
         if request is grpc.aio.EOF:
+            remaining = context.time_remaining()
+            if context.done() or (remaining is not None and remaining <= 0):
+                raise _CallEnded  # not a half-close: the client went away or its deadline passed
             return None
         assert isinstance(request, hark_pb2.StreamRequest)
         return request

@@ -66,20 +66,30 @@ async def test_a_lone_window_is_flushed_after_max_delay(executor: ThreadPoolExec
 
 async def test_zero_delay_runs_at_once(executor: ThreadPoolExecutor) -> None:
     batcher = Batcher(Recorder(), executor=executor, max_batch=32, max_delay_s=0.0)
+    await batcher.submit(window(0))  # the first call starts the batching task
     start = time.perf_counter()
     await batcher.submit(window(1))
-    assert time.perf_counter() - start < 0.03
+    assert time.perf_counter() - start < 0.5  # a lone window does not wait for company
     await batcher.close()
 
 
 async def test_windows_arriving_while_the_worker_is_busy_form_the_next_batch(executor: ThreadPoolExecutor) -> None:
-    run = Recorder(delay_s=0.1)
+    running, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        sizes.append(batch.shape[0])
+        running.set()
+        release.wait(5)
+        return batch[:, 0, :1]
+
     batcher = Batcher(run, executor=executor, max_batch=8, max_delay_s=0.0, workers=1)
     first = asyncio.ensure_future(batcher.submit(window(0)))
-    await asyncio.sleep(0.03)  # the first batch is now running
+    await asyncio.to_thread(running.wait, 5)  # the first batch holds the only worker
+    asyncio.get_running_loop().call_later(0.05, release.set)
     rest = await batcher.submit_many([window(i) for i in range(1, 6)])
     await first
-    assert run.sizes == [1, 5]
+    assert sizes == [1, 5]
     assert [float(r[0]) for r in rest] == [1, 2, 3, 4, 5]
     await batcher.close()
 
@@ -89,7 +99,7 @@ async def test_an_error_fails_exactly_that_batch(executor: ThreadPoolExecutor) -
     batcher = Batcher(run, executor=executor, max_batch=2, max_delay_s=0.05)
     bad = await asyncio.gather(batcher.submit(window(1)), batcher.submit(window(np.nan)), return_exceptions=True)
     assert all(isinstance(r, InferenceError) for r in bad)
-    assert "poisoned window" in str(bad[0])
+    assert "inference failed for model (RuntimeError)" in str(bad[0])
     # Another batch, submitted at the same time as the poisoned one would have been, is untouched.
     good = await batcher.submit_many([window(3), window(4)])
     assert [float(r[0]) for r in good] == [3, 4]
@@ -99,7 +109,7 @@ async def test_an_error_fails_exactly_that_batch(executor: ThreadPoolExecutor) -
 
 async def test_a_model_returning_the_wrong_shape_is_an_inference_error(executor: ThreadPoolExecutor) -> None:
     batcher = Batcher(lambda b: np.zeros((1, 2), np.float32), executor=executor, max_batch=2, max_delay_s=0.05)
-    with pytest.raises(InferenceError, match="shape"):
+    with pytest.raises(InferenceError, match=r"inference failed for model \(ValueError\)"):
         await batcher.submit_many([window(1), window(2)])
     await batcher.close()
 
@@ -117,7 +127,7 @@ async def test_the_event_loop_keeps_running_during_inference(executor: ThreadPoo
     task = asyncio.ensure_future(ticker())
     await batcher.submit(window(1))
     task.cancel()
-    assert ticks >= 10
+    assert ticks >= 5  # ~20 on an idle machine; 0 if inference ran on the loop
     await batcher.close()
 
 
