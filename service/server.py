@@ -10,7 +10,8 @@ Status codes:
   sample rate or encoding, a partial sample or a non-finite float, a chunk over ``max_chunk_bytes``, an
   invalid model name, an empty or over-long ``Classify`` clip. Empty audio chunks are allowed and ignored.
 * ``NOT_FOUND``: no such model or version (the message lists what is available).
-* ``RESOURCE_EXHAUSTED``: more than ``max_streams`` concurrent streams; a stream longer than ``max_stream_s``.
+* ``RESOURCE_EXHAUSTED``: more than ``max_streams`` concurrent streams; a stream longer than ``max_stream_s``;
+  a message over ``max_message_bytes`` (refused by gRPC itself).
 * ``DEADLINE_EXCEEDED``: no message on a stream for ``idle_timeout_s``.
 * ``UNAVAILABLE``: the server is shutting down.
 * ``INTERNAL``: inference failed for the batch a window was in (other streams carry on).
@@ -54,6 +55,9 @@ from service.session import Scored, StreamSession, StreamTooLong, Window, clip_w
 
 SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 ENCODINGS: dict[int, str] = {hark_pb2.PCM_S16LE: PCM_S16LE, hark_pb2.PCM_F32LE: PCM_F32LE}
+
+# Chunks larger than this (about 8 s of 16 kHz int16) are decoded and featurised in a worker thread.
+OFFLOAD_BYTES = 256 * 1024
 
 log = get_logger("hark.server")
 
@@ -227,7 +231,14 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                         )
                     if kind != "audio":
                         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "empty StreamRequest: set config or audio")
-                    await self._score(context, session, batcher, session.feed_pcm(request.audio.pcm))
+                    pcm = request.audio.pcm
+                    # A big chunk (seconds of audio) is decoded off the loop so other streams keep moving.
+                    windows = (
+                        await asyncio.to_thread(session.feed_pcm, pcm)
+                        if len(pcm) > OFFLOAD_BYTES
+                        else session.feed_pcm(pcm)
+                    )
+                    await self._score(context, session, batcher, windows)
                 await self._score(context, session, batcher, session.finish())
             slog.info(
                 "stream finished",
@@ -360,6 +371,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
     ) -> hark_pb2.ModelInfo:
         try:
             name = request.name or self.store.default_name()
+            if not name:
+                raise ModelNotFound("no model is served")
             validate_model_name(name)
             models = self.store.models()
             if name not in models:
