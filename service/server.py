@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 import uvloop
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -69,14 +70,25 @@ class StartupError(RuntimeError):
 class RpcFailure(Exception):
     """A request the servicer refuses, with the status code and a message a person can act on."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, trailing_metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailing_metadata = trailing_metadata
 
 
 class _CallEnded(Exception):
     """The call is over on the client's side (cancelled, deadline passed): nobody is left to answer."""
+
+
+class _ClientStalled(Exception):
+    """The client stopped reading responses: flow control has parked a write for ``idle_timeout_s``."""
+
+
+# Sent with RESOURCE_EXHAUSTED at the stream limit: a client with a gRPC retry policy waits this long.
+RETRY_PUSHBACK_MS = 1000
 
 
 # What a request can do wrong (or suffer) that maps to a status code; anything else is a bug.
@@ -161,6 +173,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.active_streams = 0  # StreamClassify calls, for max_streams
         self.active_calls = 0  # StreamClassify and Classify calls, which a drain waits for
         self.draining = False
+        self._detached: set[asyncio.Task[None]] = set()  # statuses still being delivered (_abort_detached)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -198,7 +211,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                 slog,
                 RpcFailure(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"server is at its limit of {self.settings.max_streams} concurrent streams; retry later",
+                    f"server is at its limit of {self.settings.max_streams} concurrent streams; "
+                    f"retry in {RETRY_PUSHBACK_MS / 1000:g} s",
+                    (("grpc-retry-pushback-ms", str(RETRY_PUSHBACK_MS)),),
                 ),
             )
         self.active_streams += 1
@@ -221,7 +236,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                 emit_scores=session.emit_scores,
             )
             with self.pool.lease(session.model) as batcher:
-                await context.write(_started(session.model))
+                # Headers now (they are not flow-controlled), so a later abort never has to queue them
+                # behind a write that a non-reading client has stalled.
+                await context.send_initial_metadata(())
+                await self._write(context, _started(session.model))
                 while (request := await self._read(context)) is not None:
                     kind = request.WhichOneof("request")
                     if kind == "config":
@@ -251,6 +269,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             await self._abort(context, slog, e)
         except grpc.aio.AbortError:
             raise
+        except _ClientStalled as e:
+            slog.info("request refused", code="DEADLINE_EXCEEDED", error=str(e))
+            await self._abort_detached(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except _CallEnded:
             slog.info(
                 "stream ended by the client or its deadline", audio_s=round(session.audio_s, 3) if session else 0.0
@@ -295,6 +316,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no message for {self.settings.idle_timeout_s:g} s; send audio or close the stream",
             ) from None
+        except DecodeError:
+            raise RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT, "a message is not a valid hark.v1.StreamRequest (malformed protobuf)"
+            ) from None
         if request is grpc.aio.EOF:
             remaining = context.time_remaining()
             if context.done() or (remaining is not None and remaining <= 0):
@@ -311,7 +336,39 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         probabilities = await batcher.submit_many([w.features for w in windows])
         for window, p in zip(windows, probabilities, strict=True):
             for response in _responses(session.score(window, p), session.emit_scores):
+                await self._write(context, response)
+
+    async def _write(self, context: grpc.aio.ServicerContext, response: hark_pb2.StreamResponse) -> None:
+        """Send one response. A client that stops reading is ended after ``idle_timeout_s``: flow control
+        alone would park this write, and the stream's slot and state, for as long as the client likes."""
+        try:
+            async with asyncio.timeout(self.settings.idle_timeout_s):
                 await context.write(response)
+        except TimeoutError:
+            raise _ClientStalled(
+                f"responses were not read for {self.settings.idle_timeout_s:g} s; read the stream while sending"
+            ) from None
+        except grpc.aio.AbortError:
+            raise
+        except grpc.aio.BaseError as e:  # the write failed in gRPC core: the client already ended the call
+            raise _CallEnded from e
+
+    async def _abort_detached(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        """End the call with ``code`` without waiting for the status to be delivered.
+
+        The status queues behind the write the client is not reading, so awaiting it would hold the stream
+        until the client reads or goes away. Started in a task, it marks the call aborted at once; the
+        handler returns, its slot and state are freed, and gRPC delivers the status when it can.
+        """
+
+        async def send() -> None:
+            with contextlib.suppress(grpc.aio.BaseError):  # AbortError once sent; any error if the client left
+                await context.abort(code, message)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        await asyncio.sleep(0)  # let the task start: the call is marked aborted before this handler returns
 
     # Classify ----------------------------------------------------------------------------------------
 
@@ -390,7 +447,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             slog.error("request failed", code=code.name, error=message)
         else:
             slog.info("request refused", code=code.name, error=message)
-        await context.abort(code, message)
+        await context.abort(code, message, getattr(error, "trailing_metadata", ()))
         raise AssertionError("context.abort returned")  # pragma: no cover
 
 
