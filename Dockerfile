@@ -22,8 +22,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 # `.`, not `.[train]`: the serving image never carries torch or the training pipeline.
-RUN /opt/hark/bin/pip install --no-compile . \
-    && /opt/hark/bin/python -m compileall -q /opt/hark/lib
+RUN /opt/hark/bin/pip install .
 
 # ---- runtime: the venv, the model store, an unprivileged user ----------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
