@@ -12,7 +12,8 @@ Exit codes (see :data:`EXIT_CODES_HELP`):
     0    success (``health``: the server is SERVING)
     1    any other failure (``health``: not SERVING or unreachable; a server INTERNAL error, ...)
     2    fix the request: bad arguments, unreadable audio, INVALID_ARGUMENT, NOT_FOUND,
-         OUT_OF_RANGE, FAILED_PRECONDITION; or a command whose optional extra is not installed
+         OUT_OF_RANGE, FAILED_PRECONDITION, UNAUTHENTICATED, PERMISSION_DENIED; or a command whose
+         optional extra is not installed
     3    try again later: UNAVAILABLE (server not reachable), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED
     130  interrupted (Ctrl-C)
     141  stdout closed early (``hark stream ... | head``)
@@ -48,14 +49,16 @@ EXIT_INTERRUPTED: Final = 130
 EXIT_BROKEN_PIPE: Final = 141
 
 # gRPC status names, so that this table needs no grpc import.
-_BAD_REQUEST_CODES: Final = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PRECONDITION"})
+_BAD_REQUEST_CODES: Final = frozenset(
+    {"INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PRECONDITION", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+)
 _RETRY_LATER_CODES: Final = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
 
 EXIT_CODES_HELP: Final = """\
 exit codes:
   0    success
   1    other failure (health: not SERVING); a server error such as INTERNAL
-  2    fix the request: bad arguments, unreadable audio, INVALID_ARGUMENT, NOT_FOUND
+  2    fix the request: bad arguments, unreadable audio, INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED
   3    try again later: server UNAVAILABLE (not reachable), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED
   130  interrupted (Ctrl-C)
 """
@@ -129,6 +132,7 @@ def _client_options(*, audio: bool) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="server address (default: $HARK_SERVER or %(default)s)",
     )
+    _add_security_options(common)
     common.add_argument("--json", action="store_true", help="print one JSON object per line on stdout and nothing else")
     if audio:
         common.add_argument("--model", default="", help="model name (default: the server's default model)")
@@ -149,6 +153,53 @@ def _client_options(*, audio: bool) -> argparse.ArgumentParser:
             f"one of {', '.join(map(str, SAMPLE_RATES))})",
         )
     return common
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    """TLS and bearer-token options, for every command that talks to a server."""
+    group = parser.add_argument_group("security (TLS and tokens)")
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("HARK_TLS_CA") or None,
+        metavar="PEM",
+        help="connect with TLS, trusting this CA certificate (default: $HARK_TLS_CA; "
+        "with only --tls-cert/--tls-key, the system's trusted roots)",
+    )
+    group.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    group.add_argument(
+        "--token",
+        default=os.environ.get("HARK_TOKEN") or None,
+        help="bearer token sent as 'authorization: Bearer <token>' (default: $HARK_TOKEN, which is "
+        "better: command lines are visible to other users)",
+    )
+
+
+class _CliFailure(Exception):
+    """Ends a command with one error line and an exit code (raised where returning is awkward)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _connect(args: argparse.Namespace, timeout: float | None = 30.0) -> Any:
+    """A :class:`~service.client.HarkClient` for ``args.server`` with the command's TLS and token options."""
+    from service.client import HarkClient
+    from service.security import SecurityError
+
+    try:
+        return HarkClient(
+            args.server,
+            timeout=timeout,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            token=args.token,
+        )
+    except SecurityError as e:
+        raise _CliFailure(str(e), EXIT_BAD_REQUEST) from None
 
 
 def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -234,6 +285,7 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         metavar="HOST:PORT",
         help="server address (default: $HARK_SERVER or %(default)s)",
     )
+    _add_security_options(health)
     health.add_argument("--service", default="", metavar="NAME", help="service to check (default: the whole server)")
     health.add_argument(
         "--timeout", type=_positive_float, default=5.0, metavar="S", help="deadline (default: %(default)s)"
@@ -300,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _CliFailure as e:
+        return _fail(str(e), e.code)
     except BrokenPipeError:
         # The reader went away (`| head`); point stdout at /dev/null so the exit-time flush stays quiet.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -345,7 +399,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     """Stream one file; events go to stdout as they arrive, with their time in the file's audio."""
     from service.audio import AudioError
-    from service.client import Detection, HarkClient, HarkError, HopScores, StreamStarted
+    from service.client import Detection, HarkError, HopScores, StreamStarted
 
     try:
         samples = _read_stream_input(args.path, args.rate)
@@ -354,7 +408,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     duration_s = len(samples) / args.rate
     pace = "as fast as possible" if args.fast else "in real time"
     events = 0
-    with HarkClient(args.server) as client:
+    with _connect(args) as client:
         try:
             for item in client.stream(
                 samples,
@@ -381,10 +435,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify each file in turn; a bad file fails alone, a server that is gone stops the run."""
     from service.audio import AudioError
-    from service.client import HarkClient, HarkError, read_clip
+    from service.client import HarkError, read_clip
 
     status = EXIT_OK
-    with HarkClient(args.server, timeout=args.timeout) as client:
+    with _connect(args, args.timeout) as client:
         for path in args.paths:
             try:
                 result = client.classify(
@@ -409,9 +463,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List what the server serves: a table for people, one object per model version for machines."""
-    from service.client import HarkClient, HarkError
+    from service.client import HarkError
 
-    with HarkClient(args.server, timeout=args.timeout) as client:
+    with _connect(args, args.timeout) as client:
         try:
             models = client.list_models()
         except HarkError as e:
@@ -429,9 +483,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """0 when SERVING, 1 for anything else, unreachable included: the contract of a container HEALTHCHECK."""
-    from service.client import HarkClient, HarkError
+    from service.client import HarkError
 
-    with HarkClient(args.server, timeout=args.timeout) as client:
+    with _connect(args, args.timeout) as client:
         try:
             status = client.health(args.service)
         except HarkError as e:

@@ -41,6 +41,7 @@ from service.audio import (
     encode_pcm,
     read_audio,
 )
+from service.security import bearer_metadata, channel_credentials
 
 DEFAULT_SERVER: Final = "127.0.0.1:50051"
 DEFAULT_SAMPLE_RATE: Final = 16_000
@@ -222,19 +223,29 @@ class HarkClient:
         timeout: float | None = 30.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         channel: grpc.Channel | None = None,
+        tls_ca: Path | str | None = None,
+        tls_cert: Path | str | None = None,
+        tls_key: Path | str | None = None,
+        token: str | None = None,
     ) -> None:
         """``timeout`` is the deadline of each unary call in seconds; streams have none (they last as
-        long as their audio). Pass ``channel`` to use one you built (TLS, interceptors)."""
+        long as their audio). Pass ``channel`` to use one you built (interceptors, other credentials).
+
+        Any of ``tls_ca`` (the CA to trust), ``tls_cert``/``tls_key`` (a client certificate, for mutual
+        TLS) makes the connection TLS; ``token`` is sent as ``authorization: Bearer <token>`` on every call.
+        A bad file raises :class:`~service.security.SecurityError`.
+        """
         self.target = target
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        self._metadata = bearer_metadata(token)
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if channel is None and (tls_ca or tls_cert or tls_key):
+            channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._stub = hark_pb2_grpc.ClassifierStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> HarkClient:
@@ -346,7 +357,7 @@ class HarkClient:
         stop = threading.Event()
         pacer = Pacer(wait=stop.wait) if realtime else None
         requests = _stream_requests(config, chunks, encoding, sample_rate, pacer, stop)
-        call = self._stub.StreamClassify(requests, timeout=timeout)
+        call = self._stub.StreamClassify(requests, timeout=timeout, metadata=self._metadata)
         labels: tuple[str, ...] = ()
         try:
             for response in call:
@@ -371,7 +382,7 @@ class HarkClient:
 
     def _unary(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise HarkError.from_rpc_error(e) from None
 

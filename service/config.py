@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,32 @@ class Settings(BaseSettings):
     max_streams: int = Field(1000, ge=1, description="Concurrent streams before RESOURCE_EXHAUSTED.")
     max_chunk_bytes: int = Field(1024 * 1024, ge=2, description="Largest audio chunk accepted.")
     max_stream_s: float = Field(3600.0, gt=0, description="Longest stream, in seconds of audio.")
-    idle_timeout_s: float = Field(30.0, gt=0, description="A stream silent on the wire this long is ended.")
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="A stream silent on the wire, or whose responses go unread, this long is ended."
+    )
+
+    # Security (service/security.py): TLS, mutual TLS, bearer tokens; all off by default
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain; with tls_key_file the port is TLS only."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="Accepted bearer tokens, one per line ('#' comments); setting it requires a token."
+    )
+    auth_tokens: SecretStr = Field(
+        SecretStr(""), description="Accepted bearer tokens, comma-separated; any token here requires one."
+    )
+    auth_exempt_health: bool = Field(True, description="Health checks need no token (load balancers, kubelet).")
+    auth_exempt_reflection: bool = Field(False, description="Server reflection (grpcurl) needs no token.")
+    debug_capture_dir: Path | None = Field(
+        None, description="Debugging only: write each stream's first audio here as WAV (100 files at most)."
+    )
+    debug_capture_max_bytes: int = Field(
+        320_000, ge=0, description="PCM bytes captured per stream when debug_capture_dir is set."
+    )
 
     # Postprocessing: one spoken word, one event
     smoothing_windows: int = Field(3, ge=1, le=50, description="Hops averaged before thresholding.")

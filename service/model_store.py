@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -148,12 +149,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path``, which must be a regular file and not a symlink.
+
+    Opened with ``O_NOFOLLOW`` and checked on the open descriptor, so a file swapped for a symlink after
+    a check cannot redirect the read outside the store; the bytes read are the bytes verified and loaded.
+    Raises ``FileNotFoundError`` when it is missing and :class:`VerificationError` for anything else.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # ELOOP for a symlink
+        raise VerificationError(f"{path} is not a regular file (symlinks are refused): {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise VerificationError(f"{path} is not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise VerificationError(f"{path} is larger than {max_bytes} bytes")
+        return f.read()
+
+
 def read_manifest(version_dir: Path) -> Manifest:
     path = version_dir / MANIFEST_FILE
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise VerificationError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
-        return Manifest.model_validate_json(path.read_bytes())
+        return Manifest.model_validate_json(read_regular_file(path, MAX_MANIFEST_BYTES))
     except FileNotFoundError as e:
         raise VerificationError(f"{path} is missing") from e
     except ValidationError as e:
@@ -164,7 +185,8 @@ def load_version(version_dir: Path, *, intra_op_threads: int = 1) -> LoadedModel
     """Verify one version folder and open it; raise :class:`VerificationError` saying why it cannot serve.
 
     Checks, in order: the folder name is the manifest's version and its parent the manifest's name; the
-    model file is a regular file inside the folder whose sha256 matches; the frontend is one this
+    model file is a regular file (not a symlink) inside the folder whose sha256 matches, and exactly
+    those bytes are loaded, with no external data; the frontend is one this
     server reproduces; onnxruntime loads it; its input and output match the manifest; a warm-up batch of
     two windows gives finite scores of the right shape.
     """
@@ -174,9 +196,11 @@ def load_version(version_dir: Path, *, intra_op_threads: int = 1) -> LoadedModel
             f"{version_dir} holds a manifest for {manifest.name}/{manifest.version}; the folder must match"
         )
     model_path = version_dir / MODEL_FILE
-    if model_path.is_symlink() or not model_path.is_file():
-        raise VerificationError(f"{model_path} is missing or not a regular file")
-    sha = sha256_file(model_path)
+    try:
+        model_bytes = read_regular_file(model_path)
+    except FileNotFoundError as e:
+        raise VerificationError(f"{model_path} is missing or not a regular file") from e
+    sha = hashlib.sha256(model_bytes).hexdigest()
     if sha != manifest.sha256:
         raise VerificationError(f"{model_path} has sha256 {sha[:12]}..., the manifest says {manifest.sha256[:12]}...")
     try:
@@ -184,7 +208,7 @@ def load_version(version_dir: Path, *, intra_op_threads: int = 1) -> LoadedModel
     except Exception as e:  # a frontend this server cannot reproduce
         raise VerificationError(f"frontend {manifest.frontend} cannot be reproduced: {e}") from e
     try:
-        session = create_session(model_path, intra_op_threads)
+        session = create_session(model_bytes, intra_op_threads)  # the verified bytes; no external data
     except Exception as e:  # onnxruntime raises its own exception types for bad files
         raise VerificationError(f"onnxruntime cannot load {model_path}: {e}") from e
     _check_io(session, manifest)

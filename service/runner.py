@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
+# Where onnxruntime looks for the external data of a model loaded from bytes.
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
@@ -25,13 +29,19 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     return options
 
 
-def create_session(model_path: Path | str, intra_op_threads: int = 1) -> ort.InferenceSession:
-    """Open an ONNX file from disk on the CPU. Raises onnxruntime's error when it is not a valid model."""
-    return ort.InferenceSession(
-        os.fspath(model_path),
-        sess_options=session_options(intra_op_threads),
-        providers=["CPUExecutionProvider"],
-    )
+def create_session(model: Path | str | bytes, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """Open an ONNX model on the CPU, from a file or from bytes. Raises onnxruntime's error when it is not
+    a valid model.
+
+    From bytes (what the model store verified), tensors stored as external data are refused: their folder
+    is an empty directory, so no weights from outside the checksummed bytes can ever load.
+    """
+    options = session_options(intra_op_threads)
+    if isinstance(model, bytes):
+        with tempfile.TemporaryDirectory(prefix="hark-no-external-data-") as empty:
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
+            return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(os.fspath(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class ModelRunner:

@@ -52,6 +52,15 @@ from service.model_store import (
     validate_model_name,
 )
 from service.postprocess import aggregate_clip
+from service.security import (
+    AudioCapture,
+    SecurityError,
+    StreamCapture,
+    TokenAuthInterceptor,
+    server_credentials,
+    server_interceptors,
+    tls_mode,
+)
 from service.session import Scored, StreamSession, StreamTooLong, Window, clip_windows
 
 SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
@@ -174,6 +183,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.active_calls = 0  # StreamClassify and Classify calls, which a drain waits for
         self.draining = False
         self._detached: set[asyncio.Task[None]] = set()  # statuses still being delivered (_abort_detached)
+        self.capture = AudioCapture.from_settings(settings)  # None unless debug_capture_dir is set
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -226,8 +236,11 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
     async def _stream(self, context: grpc.aio.ServicerContext, stream_id: str, slog: Any) -> None:
         started = time.monotonic()
         session: StreamSession | None = None
+        capture: StreamCapture | None = None
         try:
             session = await self._open(context, stream_id)
+            if self.capture is not None:
+                capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)
             slog = slog.bind(model=session.model.name, version=session.model.version)
             slog.info(
                 "stream started",
@@ -250,6 +263,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                     if kind != "audio":
                         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "empty StreamRequest: set config or audio")
                     pcm = request.audio.pcm
+                    if capture is not None:
+                        capture.add(pcm)
                     # A big chunk (seconds of audio) is decoded off the loop so other streams keep moving.
                     windows = (
                         await asyncio.to_thread(session.feed_pcm, pcm)
@@ -282,6 +297,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         except asyncio.CancelledError:
             slog.info("stream cancelled", audio_s=round(session.audio_s, 3) if session else 0.0)
             raise
+        finally:
+            if capture is not None:
+                _save_capture(capture, slog)
 
     async def _open(self, context: grpc.aio.ServicerContext, stream_id: str) -> StreamSession:
         first = await self._read(context)
@@ -451,6 +469,19 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         raise AssertionError("context.abort returned")  # pragma: no cover
 
 
+def _save_capture(capture: StreamCapture, slog: Any) -> None:
+    """Write a debug capture on a worker thread; the stream does not wait for it, even when cancelled."""
+
+    def write() -> None:
+        try:
+            if (path := capture.write()) is not None:
+                slog.info("debug capture written", path=str(path))
+        except Exception as e:
+            slog.warning("debug capture failed", error=f"{type(e).__name__}: {e}")
+
+    asyncio.get_running_loop().run_in_executor(None, write)
+
+
 @dataclass
 class RunningServer:
     """A started server. ``stop`` drains it; ``reload`` rescans the store now (the timer does it too)."""
@@ -535,6 +566,11 @@ def _log_report(report: RefreshReport) -> None:
 async def start_server(settings: Settings) -> RunningServer:
     """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
     configure_logging(settings.log_format, settings.log_level)
+    try:  # before any model loads: a security setting that cannot work stops the start at once
+        interceptors = server_interceptors(settings)
+        credentials = server_credentials(settings)
+    except SecurityError as e:
+        raise StartupError(str(e)) from e
     store = ModelStore(
         settings.model_store, default_model=settings.default_model, intra_op_threads=settings.intra_op_threads
     )
@@ -558,7 +594,7 @@ async def start_server(settings: Settings) -> RunningServer:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     pool = BatcherPool(settings)
     servicer = ClassifierService(settings, store, pool)
     hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
@@ -570,11 +606,17 @@ async def start_server(settings: Settings) -> RunningServer:
 
     target = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(target)
+        port = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
     except RuntimeError as e:
         raise StartupError(f"cannot listen on {target}: {e}") from e
     if port == 0:
         raise StartupError(f"cannot listen on {target}")
+    log.info(
+        "transport security",
+        tls=tls_mode(settings),
+        token_auth=any(isinstance(i, TokenAuthInterceptor) for i in interceptors),
+        debug_capture=str(settings.debug_capture_dir) if settings.debug_capture_dir else None,
+    )
     await server.start()
     running = RunningServer(
         settings=settings,
