@@ -1,0 +1,275 @@
+"""``hark export RUN_DIR``: turn a training run into a verified model version in the store.
+
+The order is what makes a published version trustworthy: export to ONNX, prove onnxruntime computes
+what torch computes on real test windows (refusing otherwise), measure every reported metric on the
+exported ONNX file itself (not on the torch model), verify the version in a scratch store with the
+server's own :func:`service.model_store.load_version`, and only then publish it into the real store
+(atomically) and load it once more from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from service.frontend import FrontendConfig
+from service.model_store import FeatureStats, load_version, publish_version, sha256_file
+from service.runner import create_session
+from training.config import TrainConfig, load_config
+from training.features import SplitFeatures, load_splits
+from training.models import count_parameters
+from training.train import CHECKPOINT_FILE, CONFIG_FILE, RUN_FILE, STATS_FILE, load_checkpoint
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "logits"
+BACKGROUND_LABELS = ("_silence_", "_unknown_")
+PARITY_TOLERANCE = 1e-4
+PARITY_WINDOWS = 64
+OPSET = 17
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and torch disagree on the same inputs: the exported graph is not the trained model."""
+
+
+def export_onnx(model: nn.Module, path: Path, window_frames: int, n_mels: int) -> Path:
+    """Write ``model`` as ONNX: input ``features [batch, frames, n_mels]``, output ``logits [batch, classes]``."""
+    model.eval()
+    example = torch.zeros(2, window_frames, n_mels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,  # the torch.export-based exporter needs onnxscript, which training does not install
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return path
+
+
+def onnx_logits(session: ort.InferenceSession, x: FloatArray, batch_size: int = 256) -> FloatArray:
+    outs = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x[i : i + batch_size])})[0]
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32) if outs else np.empty((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def check_parity(model: nn.Module, onnx_path: Path, windows: FloatArray, tolerance: float = PARITY_TOLERANCE) -> float:
+    """Max |torch - onnxruntime| over the logits of ``windows``; raise :class:`ParityError` above ``tolerance``."""
+    model.eval()
+    expected = model(torch.from_numpy(np.ascontiguousarray(windows))).numpy()
+    actual = onnx_logits(create_session(onnx_path, 1), windows)
+    if actual.shape != expected.shape:
+        raise ParityError(f"onnxruntime gave logits of shape {actual.shape}, torch {expected.shape}")
+    diff = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+    if not diff <= tolerance:  # also catches NaN
+        raise ParityError(
+            f"onnxruntime and torch differ by up to {diff:.3g} on {len(windows)} test windows "
+            f"(tolerance {tolerance:g}); refusing to publish"
+        )
+    return diff
+
+
+def classification_metrics(logits: FloatArray, y: npt.NDArray[np.int64], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: truth, columns: prediction)."""
+    predicted = logits.argmax(axis=1)
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    totals = confusion.sum(axis=1)
+    per_class = {label: round(float(confusion[i, i] / totals[i]), 4) for i, label in enumerate(labels) if totals[i] > 0}
+    return {
+        "accuracy": round(float((predicted == y).mean()), 4) if len(y) else None,
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def inference_ms(onnx_path: Path, window: FloatArray, batch: int = 1, repeats: int = 300) -> float:
+    """Median milliseconds per window on one onnxruntime thread (the server's session options)."""
+    session = create_session(onnx_path, 1)
+    x = np.ascontiguousarray(np.repeat(window[None], batch, axis=0))
+    for _ in range(20):
+        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    times = []
+    for _ in range(max(1, repeats // batch)):
+        started = time.perf_counter()
+        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        times.append(time.perf_counter() - started)
+    return round(1000.0 * statistics.median(times) / batch, 4)
+
+
+def evaluate_onnx(
+    onnx_path: Path, splits: dict[str, SplitFeatures], labels: Sequence[str], timing_window: FloatArray
+) -> dict[str, Any]:
+    """Every metric the manifest reports, measured with onnxruntime on the exported file."""
+    session = create_session(onnx_path, 2)
+    test = classification_metrics(onnx_logits(session, splits["test"].x), splits["test"].y, labels)
+    val = classification_metrics(onnx_logits(session, splits["val"].x), splits["val"].y, labels)
+    return {
+        "test_accuracy": test["accuracy"],
+        "per_class_accuracy": test["per_class_accuracy"],
+        "test_confusion": test["confusion"],
+        "val_accuracy": val["accuracy"],
+        "n_test": len(splits["test"]),
+        "n_val": len(splits["val"]),
+        "size_bytes": onnx_path.stat().st_size,
+        "inference_ms_per_window": inference_ms(onnx_path, timing_window, batch=1),
+        "inference_ms_per_window_batch32": inference_ms(onnx_path, timing_window, batch=32, repeats=3200),
+        "inference_threads": 1,
+    }
+
+
+def manifest_fields(
+    name: str,
+    labels: Sequence[str],
+    frontend: FrontendConfig,
+    config: TrainConfig,
+    run: dict[str, Any],
+    stats: FeatureStats,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Every manifest field but those :func:`publish_version` fills (version, sha256, size, created_at)."""
+    return {
+        "name": name,
+        "labels": list(labels),
+        "background_labels": [label for label in BACKGROUND_LABELS if label in labels],
+        "frontend": frontend.model_dump(mode="json"),
+        "window_frames": config.window_frames,
+        "hop_frames": config.hop_frames,
+        "input": {"name": INPUT_NAME, "shape": ["batch", config.window_frames, frontend.n_mels]},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(labels)]},
+        "output_kind": "logits",
+        "reference_stats": stats.model_dump(mode="json"),
+        "metrics": metrics,
+        "training": {
+            "config": config.model_dump(mode="json"),
+            "data_manifest_sha256": run["data_manifest_sha256"],
+            "seed": config.seed,
+            "epochs": config.epochs,
+            "best_epoch": run["best_epoch"],
+            "n_train": run["n_train"],
+            "torch_version": run["torch_version"],
+            "exported_with_torch": torch.__version__,
+            "onnx_opset": OPSET,
+        },
+    }
+
+
+def export_run(
+    run_dir: Path,
+    store: Path,
+    name: str = "keywords",
+    *,
+    version: int | None = None,
+    data: Path | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    progress: bool = False,
+) -> Path:
+    """Export, check, measure, verify and publish one run; return the new version folder."""
+    from training.data import read_manifest
+
+    config = load_config(run_dir / CONFIG_FILE)
+    run = json.loads((run_dir / RUN_FILE).read_text())
+    stats = FeatureStats.model_validate_json((run_dir / STATS_FILE).read_text())
+    model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    labels: list[str] = checkpoint["labels"]
+    frontend = FrontendConfig.model_validate(run["frontend"])
+    manifest = data or config.data
+    if sha256_file(manifest) != run["data_manifest_sha256"]:
+        raise ValueError(f"{manifest} changed since {run_dir} was trained; its test split may overlap training")
+    splits = load_splits(
+        manifest, labels, frontend, config.window_frames, read=read_manifest, splits=("val", "test"), progress=progress
+    )
+    if len(splits["test"]) == 0:
+        raise ValueError(f"{manifest} has no test clips to measure the model on")
+
+    with tempfile.TemporaryDirectory(prefix="hark-export-") as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", config.window_frames, frontend.n_mels)
+        diff = check_parity(model, onnx_path, splits["test"].x[:PARITY_WINDOWS], tolerance)
+        metrics = {
+            **evaluate_onnx(onnx_path, splits, labels, splits["test"].x[0]),
+            "parameters": count_parameters(model),
+            "parity_max_abs_diff": diff,
+        }
+        fields = manifest_fields(name, labels, frontend, config, run, stats, metrics)
+        scratch = publish_version(Path(tmp) / "store", fields, onnx_path, version)
+        load_version(scratch)  # the server's checks, before the real store sees anything
+        final = publish_version(store, fields, onnx_path, version)
+    try:
+        load_version(final)
+    except Exception:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return final
+
+
+def summary(version_dir: Path) -> str:
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    m = manifest["metrics"]
+    per_class = "  ".join(f"{k} {v:.3f}" for k, v in m["per_class_accuracy"].items())
+    return (
+        f"published {version_dir}\n"
+        f"  test accuracy {m['test_accuracy']:.4f} on {m['n_test']} clips of unheard voices "
+        f"(val {m['val_accuracy']:.4f})\n"
+        f"  per class: {per_class}\n"
+        f"  {m['parameters']} parameters, {m['size_bytes']} bytes, "
+        f"{m['inference_ms_per_window']:.3f} ms per window on one thread "
+        f"({m['inference_ms_per_window_batch32']:.3f} ms in batches of 32), parity {m['parity_max_abs_diff']:.2g}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        version_dir = export_run(
+            args.run_dir, args.store, args.name, version=args.version, data=args.data, progress=not args.quiet
+        )
+    except ParityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # a missing run folder or manifest, a changed data set
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(version_dir))
+    return 0
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``hark export``."""
+    parser = subparsers.add_parser(
+        "export",
+        help="Export a training run to ONNX and publish it as a new model version",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="Run folder written by `hark train`")
+    parser.add_argument(
+        "--store", type=Path, default=Path("model_store"), help="Model store root (default model_store)"
+    )
+    parser.add_argument("--name", default="keywords", help="Model name in the store (default keywords)")
+    parser.add_argument("--version", type=int, help="Version number to publish (default: the next free one)")
+    parser.add_argument("--data", type=Path, help="Data manifest to evaluate on (default: the one the run trained on)")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars")
+    parser.set_defaults(func=run)
