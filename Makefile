@@ -26,11 +26,11 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	@touch $@ $(SERVE_STAMP)
 
 .PHONY: system-deps
-system-deps:  ## Debian packages the data pipeline and tests use (espeak-ng)
-	@command -v espeak-ng >/dev/null || { \
-		echo "installing espeak-ng (Debian)"; \
+system-deps:  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool)
+	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		echo "installing espeak-ng and prometheus (Debian)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus >/dev/null; }
 
 .PHONY: install
 install: $(SERVE_STAMP)  ## Create .venv with the server and client

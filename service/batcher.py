@@ -30,6 +30,10 @@ FloatArray = npt.NDArray[np.float32]
 RunFn = Callable[[FloatArray], FloatArray]
 # ``observe(stage, seconds)`` for "queue" (per window: enqueue to batch start) and "inference" (per batch).
 StageObserver = Callable[[str, float], None]
+# ``observe_batch(size)``: the number of windows in each batch run.
+BatchObserver = Callable[[int], None]
+# Gives each model version's batcher its own hooks (metrics labelled by model and version).
+Observers = Callable[[LoadedModel], tuple[StageObserver, BatchObserver]]
 
 log = get_logger("hark.batcher")
 
@@ -39,6 +43,10 @@ class InferenceError(RuntimeError):
 
 
 def _ignore(stage: str, seconds: float) -> None:
+    return None
+
+
+def _ignore_batch(size: int) -> None:
     return None
 
 
@@ -63,6 +71,7 @@ class Batcher:
         workers: int = 1,
         name: str = "model",
         observe: StageObserver = _ignore,
+        observe_batch: BatchObserver = _ignore_batch,
     ) -> None:
         if max_batch < 1 or workers < 1:
             raise ValueError("max_batch and workers must be at least 1")
@@ -72,6 +81,7 @@ class Batcher:
         self._run = run
         self._executor = executor
         self._observe = observe
+        self._observe_batch = observe_batch
         # Bounded: a full queue makes submitters wait, which pushes back on their clients through gRPC
         # flow control instead of letting memory grow.
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
@@ -170,6 +180,7 @@ class Batcher:
                 )
                 return
             self._observe("inference", time.perf_counter() - start)
+            self._observe_batch(len(live))
             self.batches += 1
             self.windows += len(live)
             for item, row in zip(live, probabilities, strict=True):
@@ -200,9 +211,12 @@ class BatcherPool:
     object with its own runner, and gets its own batcher.
     """
 
-    def __init__(self, settings: Settings, *, observe: StageObserver = _ignore) -> None:
+    def __init__(
+        self, settings: Settings, *, observe: StageObserver = _ignore, observers: Observers | None = None
+    ) -> None:
         self._settings = settings
         self._observe = observe
+        self._observers = observers
         self._executor = ThreadPoolExecutor(max_workers=settings.inference_workers, thread_name_prefix="hark-infer")
         self._entries: dict[int, _Entry] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -212,6 +226,7 @@ class BatcherPool:
         entry = self._entries.get(id(model))
         if entry is None:
             s = self._settings
+            observe, observe_batch = self._observers(model) if self._observers else (self._observe, _ignore_batch)
             batcher = Batcher(
                 model.runner.run,
                 executor=self._executor,
@@ -220,7 +235,8 @@ class BatcherPool:
                 max_queue=max(1024, 8 * s.max_batch),
                 workers=s.inference_workers,
                 name=f"{model.name}/{model.version}",
-                observe=self._observe,
+                observe=observe,
+                observe_batch=observe_batch,
             )
             entry = self._entries[id(model)] = _Entry(model, batcher)
         entry.users += 1

@@ -1,6 +1,6 @@
 """The ``hark`` command: run the server, talk to one, and host the training pipeline's subcommands.
 
-Built-in subcommands: ``serve``, ``stream``, ``classify``, ``models``, ``health``. Other packages add
+Built-in subcommands: ``serve``, ``stream``, ``classify``, ``models``, ``health``, ``control-check``. Other packages add
 theirs through the ``hark.commands`` entry-point group, so ``service`` never imports ``training``; a
 plugin that cannot be imported (no torch in a serving image) becomes a placeholder that says what to
 install instead of breaking the whole command.
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the client pulls in grpc and numpy; `hark --help` and `hark
 PROG: Final = "hark"
 PLUGIN_GROUP: Final = "hark.commands"
 DEFAULT_SERVER: Final = "127.0.0.1:50051"  # == service.client.DEFAULT_SERVER, kept here to avoid the import
+DEFAULT_METRICS_SERVER: Final = "127.0.0.1:9100"  # Settings.metrics_host:metrics_port
 SAMPLE_RATES: Final = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)  # == audio.SUPPORTED_...
 TRAIN_EXTRA_HINT: Final = "install the training extra: pip install 'hark[train]'"
 
@@ -292,6 +293,41 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     health.set_defaults(func=cmd_health)
 
+    control = commands.add_parser(
+        "control-check",
+        help="run the served versions' control sets through the live server",
+        description="Ask a running server to stream each version's labelled control set "
+        "(<version>/control/control.csv) through its own live path and report the accuracy, which it also "
+        "exports as hark_control_accuracy. Talks to the server's metrics port over HTTP, from the server's "
+        'own host (loopback only). With --json: one {"model", "version", "clips", "correct", "accuracy", '
+        '"duration_s", "misses", "error"} per version.',
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    control.add_argument(
+        "--server",
+        type=server_address,
+        default=os.environ.get("HARK_METRICS_SERVER") or DEFAULT_METRICS_SERVER,
+        metavar="HOST:PORT",
+        help="the server's metrics address (default: $HARK_METRICS_SERVER or %(default)s)",
+    )
+    control.add_argument("--model", default="", help="only this model (default: every model with a control set)")
+    control.add_argument(
+        "--version", type=_int_in(0, 2**32 - 1), default=0, metavar="N", help="only version N (default: all)"
+    )
+    control.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="exit 1 when a version scores below A (default: %(default)s)",
+    )
+    control.add_argument("--json", action="store_true", help="print one JSON object per version on stdout")
+    control.add_argument(
+        "--timeout", type=_positive_float, default=600.0, metavar="S", help="wait this long (default: %(default)s)"
+    )
+    control.set_defaults(func=cmd_control_check)
+
 
 def _plugin_entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)
@@ -361,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-BUILTIN_COMMANDS: Final = frozenset({"serve", "stream", "classify", "models", "health"})
+BUILTIN_COMMANDS: Final = frozenset({"serve", "stream", "classify", "models", "health", "control-check"})
 
 
 # -------------------------------------------------------------------------------------------- commands
@@ -493,6 +529,54 @@ def cmd_health(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     print(status, flush=True)
     return EXIT_OK if status == "SERVING" else EXIT_FAILURE
+
+
+def cmd_control_check(args: argparse.Namespace) -> int:
+    """POST /control-check on the server's metrics port; print each version's accuracy and misses."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("version", args.version)) if v})
+    url = f"http://{args.server}/control-check" + (f"?{query}" if query else "")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=args.timeout) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return _fail(
+            f"cannot reach the metrics port at {args.server}: {reason} (is the server running with "
+            "HARK_METRICS_PORT set, and are you on its host?)",
+            EXIT_UNAVAILABLE,
+        )
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return _fail(f"{url} answered HTTP {status} with something that is not JSON", EXIT_FAILURE)
+    if "results" not in payload:
+        message = str(payload.get("error", f"HTTP {status}"))
+        return _fail(message, EXIT_BAD_REQUEST if status in (400, 404) else EXIT_FAILURE)
+    code = EXIT_OK
+    for result in payload["results"]:
+        if result.get("error") or (result.get("accuracy") or 0.0) < args.min_accuracy:
+            code = EXIT_FAILURE
+        if args.json:
+            _emit(result, True)
+            continue
+        name = f"{result['model']} v{result['version']}"
+        if result.get("error"):
+            _emit(f"{name}  FAILED: {result['error']}", False)
+            continue
+        _emit(
+            f"{name}  accuracy {result['accuracy']:.3f} ({result['correct']}/{result['clips']})  "
+            f"{result['duration_s']:.2f} s",
+            False,
+        )
+        for miss in result.get("misses", []):
+            _emit(f"  miss  {miss['path']}  labelled {miss['label']}, heard {miss['predicted'] or 'nothing'}", False)
+    return code
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
     release_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Score below which a class re-arms.")
     refractory_s: float = Field(1.0, ge=0.0, description="Quiet time after an event for the same class.")
 
+    # Metrics, drift and control-set checks
+    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus /metrics HTTP server binds.")
+    metrics_port: int = Field(
+        9100, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
+    )
+    drift_window_s: float = Field(
+        300.0, gt=0.0, description="Time constant of the live drift statistics (exponentially weighted)."
+    )
+    control_interval_s: float = Field(
+        3600.0, ge=0.0, description="How often each version's control set runs through the live path; 0 = never."
+    )
+
     # Lifecycle and logs
     shutdown_grace_s: float = Field(10.0, ge=0.0, description="Time running streams get to finish on SIGTERM.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON.")

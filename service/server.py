@@ -42,7 +42,9 @@ from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
 from service.audio import PCM_F32LE, PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
 from service.batcher import Batcher, BatcherPool, InferenceError
 from service.config import Settings
+from service.control import Controller
 from service.logging import configure_logging, get_logger
+from service.metrics import HarkMetrics, MetricsServer
 from service.model_store import (
     InvalidModelName,
     LoadedModel,
@@ -175,10 +177,13 @@ def model_info(name: str, versions: dict[int, LoadedModel]) -> hark_pb2.ModelInf
 class ClassifierService(hark_pb2_grpc.ClassifierServicer):
     """The ``hark.v1.Classifier`` servicer: validation and status codes over sessions and batchers."""
 
-    def __init__(self, settings: Settings, store: ModelStore, pool: BatcherPool) -> None:
+    def __init__(
+        self, settings: Settings, store: ModelStore, pool: BatcherPool, metrics: HarkMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.pool = pool
+        self.metrics = metrics if metrics is not None else HarkMetrics(store)
         self.active_streams = 0  # StreamClassify calls, for max_streams
         self.active_calls = 0  # StreamClassify and Classify calls, which a drain waits for
         self.draining = False
@@ -213,6 +218,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
     async def StreamClassify(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         stream_id = uuid.uuid4().hex[:12]
         slog = log.bind(stream_id=stream_id)
+        self.metrics.request("StreamClassify")
         if self.draining:
             await self._abort(context, slog, RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is shutting down"))
         if self.active_streams >= self.settings.max_streams:
@@ -242,6 +248,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             if self.capture is not None:
                 capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)
             slog = slog.bind(model=session.model.name, version=session.model.version)
+            instruments = self.metrics.instruments(session.model)
             slog.info(
                 "stream started",
                 sample_rate_hz=session.sample_rate,
@@ -265,14 +272,16 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                     pcm = request.audio.pcm
                     if capture is not None:
                         capture.add(pcm)
+                    arrived = time.perf_counter()
+                    instruments.chunk(len(pcm))
                     # A big chunk (seconds of audio) is decoded off the loop so other streams keep moving.
                     windows = (
                         await asyncio.to_thread(session.feed_pcm, pcm)
                         if len(pcm) > OFFLOAD_BYTES
                         else session.feed_pcm(pcm)
                     )
-                    await self._score(context, session, batcher, windows)
-                await self._score(context, session, batcher, session.finish())
+                    await self._score(context, session, batcher, windows, arrived)
+                await self._score(context, session, batcher, session.finish(), time.perf_counter())
             slog.info(
                 "stream finished",
                 audio_s=round(session.audio_s, 3),
@@ -314,6 +323,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         check_sample_rate(config.sample_rate_hz)
         encoding = _encoding(config.encoding)
         model = self.store.resolve(config.model, config.version)
+        instruments = self.metrics.instruments(model)
         session = StreamSession(
             model,
             sample_rate=config.sample_rate_hz,
@@ -321,6 +331,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=config.emit_scores,
+            observe=instruments.observe,
+            on_audio=instruments.audio,
         )
         return session
 
@@ -347,14 +359,23 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         return request
 
     async def _score(
-        self, context: grpc.aio.ServicerContext, session: StreamSession, batcher: Batcher, windows: list[Window]
+        self,
+        context: grpc.aio.ServicerContext,
+        session: StreamSession,
+        batcher: Batcher,
+        windows: list[Window],
+        arrived: float,
     ) -> None:
+        """Score the windows a chunk completed; ``arrived`` (perf_counter) times each from its chunk."""
         if not windows:
             return
+        instruments = self.metrics.instruments(session.model)
         probabilities = await batcher.submit_many([w.features for w in windows])
         for window, p in zip(windows, probabilities, strict=True):
-            for response in _responses(session.score(window, p), session.emit_scores):
+            scored = session.score(window, p)
+            for response in _responses(scored, session.emit_scores):
                 await self._write(context, response)
+            instruments.window(window.features, p, (e.label for e in scored.events), arrived)
 
     async def _write(self, context: grpc.aio.ServicerContext, response: hark_pb2.StreamResponse) -> None:
         """Send one response. A client that stops reading is ended after ``idle_timeout_s``: flow control
@@ -394,6 +415,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self, request: hark_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> hark_pb2.ClassifyResponse:
         slog = log.bind(rpc="Classify")
+        self.metrics.request("Classify")
         if self.draining:
             await self._abort(context, slog, RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is shutting down"))
         with self._tracked():
@@ -420,6 +442,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             )
             with self.pool.lease(model) as batcher:
                 probabilities = np.stack(await batcher.submit_many(list(windows)))
+            instruments = self.metrics.instruments(model)
+            instruments.audio(samples, rate)
+            instruments.clip(len(request.pcm), windows, probabilities)
         except _REFUSALS as e:
             await self._abort(context, slog, e)
         m = model.manifest
@@ -461,6 +486,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
 
     async def _abort(self, context: grpc.aio.ServicerContext, slog: Any, error: Exception) -> NoReturn:
         code, message = status_for(error)
+        self.metrics.error(code.name)
         if code == grpc.StatusCode.INTERNAL:
             slog.error("request failed", code=code.name, error=message)
         else:
@@ -494,7 +520,11 @@ class RunningServer:
     health: health.aio.HealthServicer
     host: str
     port: int
+    metrics: HarkMetrics
+    controller: Controller
+    metrics_server: MetricsServer | None = None
     _reload_task: asyncio.Task[None] | None = None
+    _control_task: asyncio.Task[None] | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
 
@@ -507,6 +537,7 @@ class RunningServer:
         """Rescan the store in a worker thread, log what changed, retire batchers of vanished versions."""
         report = await asyncio.to_thread(self.store.refresh)
         _log_report(report)
+        self.metrics.on_refresh(report)
         models = self.store.models()
         self.pool.sweep(m for versions in models.values() for m in versions.values())
         if not self._stopping:
@@ -537,16 +568,19 @@ class RunningServer:
         # Health first, so load balancers stop sending; the server keeps answering health checks and
         # model queries while the classification calls already running finish.
         await self.health.enter_graceful_shutdown()
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
+        for task in (self._reload_task, self._control_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not await self.servicer.drain(grace):
             log.warning("grace period over; cancelling running calls", calls=self.servicer.active_calls)
         # A short tail for calls that are not classification (health watches, reflection); 0 when the
         # grace period is already spent.
         await self.server.stop(min(1.0, grace) if self.servicer.active_calls == 0 else 0)
         await self.pool.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         log.info("stopped")
         self._stopped.set()
 
@@ -574,8 +608,10 @@ async def start_server(settings: Settings) -> RunningServer:
     store = ModelStore(
         settings.model_store, default_model=settings.default_model, intra_op_threads=settings.intra_op_threads
     )
+    metrics = HarkMetrics(store, drift_window_s=settings.drift_window_s)
     report = await asyncio.to_thread(store.refresh)
     _log_report(report)
+    metrics.on_refresh(report)
     models = store.models()
     if not models:
         reasons = "; ".join(f"{path}: {reason}" for path, reason in report.refused.items())
@@ -595,8 +631,10 @@ async def start_server(settings: Settings) -> RunningServer:
         ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
     ]
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pool = BatcherPool(settings)
-    servicer = ClassifierService(settings, store, pool)
+    pool = BatcherPool(settings, observers=metrics.batch_observers)
+    servicer = ClassifierService(settings, store, pool, metrics)
+    metrics.active_streams.set_function(lambda: servicer.active_streams)
+    controller = Controller(store, pool, settings, metrics)
     hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -617,6 +655,23 @@ async def start_server(settings: Settings) -> RunningServer:
         token_auth=any(isinstance(i, TokenAuthInterceptor) for i in interceptors),
         debug_capture=str(settings.debug_capture_dir) if settings.debug_capture_dir else None,
     )
+    metrics_server = None
+    if settings.metrics_port >= 0:
+        try:
+            metrics_server = MetricsServer(
+                metrics,
+                settings.metrics_host,
+                settings.metrics_port,
+                controller.http_handler(asyncio.get_running_loop()),
+            )
+        except OSError as e:
+            await server.stop(0)
+            await pool.close()
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {e} "
+                "(set HARK_METRICS_PORT to a free port, 0 for any, -1 to disable)"
+            ) from e
+        metrics_server.start()
     await server.start()
     running = RunningServer(
         settings=settings,
@@ -627,7 +682,14 @@ async def start_server(settings: Settings) -> RunningServer:
         health=health_servicer,
         host=settings.host,
         port=port,
+        metrics=metrics,
+        controller=controller,
+        metrics_server=metrics_server,
     )
+    if settings.control_interval_s > 0:
+        running._control_task = asyncio.get_running_loop().create_task(
+            controller.run_forever(settings.control_interval_s), name="control-check"
+        )
     if settings.reload_interval_s > 0:
         running._reload_task = asyncio.get_running_loop().create_task(
             running._reload_forever(settings.reload_interval_s), name="model-reload"
@@ -637,7 +699,12 @@ async def start_server(settings: Settings) -> RunningServer:
 
 async def _serve(settings: Settings) -> int:
     running = await start_server(settings)
-    log.info(f"listening on {running.address}", address=running.address, models=sorted(running.store.models()))
+    log.info(
+        f"listening on {running.address}",
+        address=running.address,
+        models=sorted(running.store.models()),
+        metrics=running.metrics_server.url + "/metrics" if running.metrics_server else None,
+    )
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals_seen = 0

@@ -41,6 +41,9 @@ FloatArray = npt.NDArray[np.float32]
 # Called as ``observe(stage, seconds)`` after each timed stage ("decode", "frontend", "postprocess");
 # metrics.py can plug a histogram in here without the session knowing about Prometheus.
 StageObserver = Callable[[str, float], None]
+# Called as ``on_audio(samples, rate)`` with each chunk's decoded samples at the client's rate, for the
+# input-level statistics of drift.py.
+AudioObserver = Callable[[FloatArray, int], None]
 
 # Level of the padding used to complete the last hop: about -80 dBFS of deterministic noise, which a
 # model trained on real recordings sees as silence, where exact digital zeros may be out of distribution.
@@ -48,6 +51,10 @@ PAD_LEVEL = 1e-4
 
 
 def _ignore(stage: str, seconds: float) -> None:
+    return None
+
+
+def _ignore_audio(samples: FloatArray, rate: int) -> None:
     return None
 
 
@@ -96,6 +103,7 @@ class StreamSession:
         stream_id: str = "",
         emit_scores: bool = False,
         observe: StageObserver = _ignore,
+        on_audio: AudioObserver = _ignore_audio,
     ) -> None:
         if encoding not in BYTES_PER_SAMPLE:
             raise AudioError(f"unsupported encoding {encoding!r}; use one of {sorted(BYTES_PER_SAMPLE)}")
@@ -107,6 +115,7 @@ class StreamSession:
         self.max_chunk_bytes = settings.max_chunk_bytes
         self.max_stream_s = settings.max_stream_s
         self._observe = observe
+        self._on_audio = on_audio
         m = model.manifest
         self.frontend_config = m.frontend
         self.model_rate = m.frontend.sample_rate
@@ -160,6 +169,7 @@ class StreamSession:
             )
         self.input_samples += samples.size
         self.chunks += 1
+        self._on_audio(samples, self.sample_rate)
         return self._push(self._resampler.process(samples))
 
     def finish(self) -> list[Window]:

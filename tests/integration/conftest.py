@@ -29,6 +29,7 @@ from tests.fixtures_models import publish_tiny
 TEST_SETTINGS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 0,
+    "metrics_port": 0,
     "reload_interval_s": 0,
     "max_delay_ms": 1.0,
     "shutdown_grace_s": 5.0,
