@@ -121,7 +121,10 @@ class HarkMetrics:
             registry=r,
         )
         self.errors = Counter(
-            "hark_errors_total", "Calls that ended with a non-OK gRPC status, by status code.", ["code"], registry=r
+            "hark_errors_total",
+            "Calls the servicer ended with a non-OK gRPC status, by status code (not client cancellations).",
+            ["code"],
+            registry=r,
         )
         self.chunks = Counter(
             "hark_audio_chunks_total", "Audio messages received (stream chunks and Classify clips).", mv, registry=r
@@ -184,8 +187,10 @@ class HarkMetrics:
         inst = self.instruments(model)
         return inst.observe, inst.observe_batch
 
-    def monitors(self) -> list[DriftMonitor]:
-        return [inst.drift for inst in self._instruments.values()]
+    def tracked(self) -> list[ModelInstruments]:
+        """The versions with instruments now (a snapshot, safe from the scrape thread)."""
+        with self._lock:
+            return list(self._instruments.values())
 
     def on_refresh(self, report: RefreshReport) -> None:
         """Count refusals; forget versions that left (their series go) or were rewritten (drift restarts)."""
@@ -388,7 +393,7 @@ class _DriftCollector(Collector):
             labels=[*mv, "class"],
         )
         prior = GaugeMetricFamily("hark_prediction_prior", "Training prior of the class.", labels=[*mv, "class"])
-        for inst in list(self._metrics._instruments.values()):
+        for inst in self._metrics.tracked():
             m = inst.model.manifest
             labels = [m.name, str(m.version)]
             s = inst.drift.snapshot()

@@ -44,7 +44,7 @@ from service.batcher import Batcher, BatcherPool, InferenceError
 from service.config import Settings
 from service.control import Controller
 from service.logging import configure_logging, get_logger
-from service.metrics import HarkMetrics, MetricsServer
+from service.metrics import HarkMetrics, MetricsServer, ModelInstruments
 from service.model_store import (
     InvalidModelName,
     LoadedModel,
@@ -280,8 +280,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                         if len(pcm) > OFFLOAD_BYTES
                         else session.feed_pcm(pcm)
                     )
-                    await self._score(context, session, batcher, windows, arrived)
-                await self._score(context, session, batcher, session.finish(), time.perf_counter())
+                    await self._score(context, session, batcher, windows, instruments, arrived)
+                await self._score(context, session, batcher, session.finish(), instruments, time.perf_counter())
             slog.info(
                 "stream finished",
                 audio_s=round(session.audio_s, 3),
@@ -364,12 +364,12 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         session: StreamSession,
         batcher: Batcher,
         windows: list[Window],
+        instruments: ModelInstruments,
         arrived: float,
     ) -> None:
         """Score the windows a chunk completed; ``arrived`` (perf_counter) times each from its chunk."""
         if not windows:
             return
-        instruments = self.metrics.instruments(session.model)
         probabilities = await batcher.submit_many([w.features for w in windows])
         for window, p in zip(windows, probabilities, strict=True):
             scored = session.score(window, p)

@@ -282,6 +282,34 @@ async def test_reload_exports_refusals_and_drops_removed_versions(observed: Hark
     assert not [labels for _, labels in label_sets(text) if labels.get("version") == "2"]
 
 
+async def test_a_stream_on_a_removed_version_does_not_bring_its_series_back(
+    observed: Hark, observed_store: Path
+) -> None:
+    queue: asyncio.Queue[hark_pb2.StreamRequest | None] = asyncio.Queue()
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while (item := await queue.get()) is not None:
+            yield item
+
+    call = observed.stub.StreamClassify(requests())
+    await queue.put(
+        hark_pb2.StreamRequest(config=hark_pb2.StreamConfig(sample_rate_hz=SAMPLE_RATE, encoding=hark_pb2.PCM_S16LE))
+    )
+    assert (await call.read()).WhichOneof("response") == "started"
+    publish_observed_tiny(observed_store, version=2, control=False)
+    import shutil
+
+    shutil.rmtree(observed_store / "tiny" / "1")
+    await observed.running.reload()  # version 1 leaves the store while the stream still runs on it
+    await queue.put(hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=encode_pcm(normal_audio(3.3)))))
+    await queue.put(None)
+    while await call.read() is not grpc.aio.EOF:
+        pass
+    assert await call.code() == grpc.StatusCode.OK
+    text = await scrape(observed)
+    assert not [(name, labels) for name, labels in label_sets(text) if labels.get("version") == "1"]
+
+
 async def test_metrics_port_can_be_disabled_and_a_taken_port_fails_startup(observed_store: Path) -> None:
     settings = {**TEST_SETTINGS, "model_store": observed_store}
     running = await start_server(Settings(**{**settings, "metrics_port": -1}))

@@ -240,9 +240,12 @@ async def test_every_dashboard_panel_returns_data(start_hark: StartHark, tmp_pat
             "every rule evaluated",
             lambda: _all_evaluated(prom),
         )
-        # Healthy traffic raises nothing but the refusal we caused.
-        firing = {a["labels"]["alertname"] for a in (await prom.get("/api/v1/alerts"))["alerts"]}
-        assert firing <= {"HarkModelVersionRefused"}, firing
+        # The refusal we caused fires through the real rule; healthy traffic raises nothing else that is
+        # determined here (latency depends on how busy the machine is, so it is left out).
+        alerts = {a["labels"]["alertname"]: a for a in (await prom.get("/api/v1/alerts"))["alerts"]}
+        assert alerts["HarkModelVersionRefused"]["state"] == "firing"
+        quiet = {"HarkDown", "HarkNoModelLoaded", "HarkErrorRateHigh", "HarkFeatureDrift", "HarkControlAccuracyDrop"}
+        assert not quiet & set(alerts), alerts
 
 
 async def _all_evaluated(prom: Prometheus) -> bool:

@@ -207,6 +207,27 @@ def test_dashboard_and_alerts_name_only_exported_metrics(store: ModelStore, mode
         assert not unknown, f"{expr!r} names {unknown}, which Hark does not export"
 
 
+def test_dashboard_layout_is_sound() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/hark.json").read_text())
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not area & cells, f"{p['title']} overlaps another panel"
+        cells |= area
+        if p["type"] != "row":
+            assert p["targets"] and p["datasource"]["uid"] == "${datasource}", p["title"]
+            assert p["description"], p["title"]
+    titles = [p["title"] for p in panels if p["type"] != "row"]
+    assert len(titles) == len(set(titles))
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "model", "version"}
+    assert any(p["type"] == "heatmap" and "hark_feature_drift{" in p["targets"][0]["expr"] for p in panels)
+
+
 def test_readme_documents_every_metric(store: ModelStore, model: LoadedModel) -> None:
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Metrics and alerts") :]
