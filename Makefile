@@ -52,6 +52,14 @@ lint: $(DEV_STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check service training tests proto
 	$(BIN)/mypy service training
 
+.PHONY: bench
+bench: $(DEV_STAMP) system-deps  ## Streams per server core vs raw onnxruntime and a naive server (minutes; not in make test)
+	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+
+.PHONY: bench-quick
+bench-quick: $(DEV_STAMP) system-deps  ## The benchmark's quick mode (under 2 minutes)
+	$(BIN)/python loadtest/bench.py --quick $(BENCH_ARGS)
+
 .PHONY: proto
 proto: $(DEV_STAMP)  ## Regenerate service/api from proto/
 	$(BIN)/python proto/generate.py

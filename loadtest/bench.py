@@ -1,0 +1,669 @@
+"""Benchmark: how many real-time streams one server core holds, against its limit and baselines, in one run.
+
+    python loadtest/bench.py            # make bench: the full run (several minutes)
+    python loadtest/bench.py --quick    # under 2 minutes, for development
+
+Server and load generator get one core each: the server runs under ``taskset -c 0``, this process pins
+itself to core 1 and drives N concurrent streams from one asyncio grpc.aio client. Every stream sends
+100 ms chunks of real speech (espeak-ng keyword sentences with pauses, cached in ``loadtest/.cache``) at
+real-time pace, with ``emit_scores`` on. Latency is the time from sending the chunk that completes a hop to
+receiving that hop's WindowScores. A level N passes when p99 latency ≤ 50 ms with no errors; N ramps by
+doubling, then bisects. Reported, in one table (printed and written to ``loadtest/results/``, markdown and
+JSON with date and machine):
+
+* Hark's max streams; p50/p95/p99 latency at 50 % and 90 % of it; server CPU seconds per stream-second;
+  RSS per active stream and per idle stream;
+* the limit: raw onnxruntime throughput of the same model on one thread (batch 1 and best batch), as
+  streams at the model's hop, and Hark's efficiency against it;
+* the naive baseline (``loadtest/naive_server.py``) measured the same way, and the ratio;
+* energy gating on vs off, on speech with 50 % silence (when the server has ``gate_dbfs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+RESULTS = Path(__file__).resolve().parent / "results"
+RATE = 16_000
+CHUNK_S = 0.1
+CHUNK = int(RATE * CHUNK_S)
+P99_LIMIT_MS = 50.0
+SERVER_CORE, CLIENT_CORE = 0, 1
+SENTENCES = [
+    "yes, turn it on",
+    "no. stop",
+    "go left, then go right",
+    "up. down. off",
+    "the weather is nice today",
+    "stop the music and go",
+]
+
+
+# Audio -----------------------------------------------------------------------------------------------------
+
+
+def _espeak(text: str, out: Path) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(out), text], check=True, capture_output=True)
+    data, rate = sf.read(out, dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    return np.asarray(soxr.resample(mono, rate, RATE), dtype=np.float32)
+
+
+def speech(silence_share: float) -> np.ndarray:
+    """Keyword sentences from espeak-ng at -20 dBFS-ish, joined by pauses of room noise (-70 dBFS) so that
+    ``silence_share`` of the clip is pause; cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"speech_{round(silence_share * 100)}.npy"
+    if path.exists():
+        return np.load(path)
+    rng = np.random.default_rng(7)
+    parts: list[np.ndarray] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(SENTENCES):
+            voiced = _espeak(text, Path(tmp) / f"{i}.wav")
+            voiced = voiced / max(1e-6, float(np.abs(voiced).max())) * 0.5
+            pause = round(voiced.size * silence_share / max(1e-6, 1 - silence_share))
+            parts += [voiced, (rng.standard_normal(pause) * 10 ** (-70 / 20)).astype(np.float32)]
+    clip = np.concatenate(parts).astype(np.float32)
+    np.save(path, clip)
+    return clip
+
+
+def pcm_chunks(clip: np.ndarray) -> list[bytes]:
+    pcm = (np.clip(clip, -1, 1) * 32767).astype("<i2")
+    n = pcm.size // CHUNK
+    return [pcm[i * CHUNK : (i + 1) * CHUNK].tobytes() for i in range(n)]
+
+
+# Processes -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server subprocess pinned to one core; its address from its "listening on" line."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+
+    @classmethod
+    def start(cls, argv: list[str], env: dict[str, str]) -> Server:
+        proc = subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CORE), *argv],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode(errors="replace")
+            if not line:
+                raise RuntimeError(f"server exited before listening: {argv}")
+            if "listening on " in line:
+                try:
+                    address = str(json.loads(line)["address"])
+                except (ValueError, KeyError):
+                    address = line.split("listening on ", 1)[1].split()[0].strip('",')
+                server = cls(proc, address)
+                # Drain its output so a full pipe never stalls it.
+                asyncio.get_running_loop().run_in_executor(None, _drain, proc)
+                return server
+        raise RuntimeError("server did not start in 60 s")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        pass
+
+
+def hark_server(store: Path, **settings: object) -> Server:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARK_")}
+    env.update(
+        HARK_MODEL_STORE=str(store),
+        HARK_PORT="0",
+        HARK_METRICS_PORT="-1",
+        HARK_LOG_FORMAT="json",
+        HARK_LOG_LEVEL="info",
+        HARK_RELOAD_INTERVAL_S="0",
+        HARK_CONTROL_INTERVAL_S="0",
+        HARK_MAX_STREAMS="100000",
+        PYTHONPATH=str(REPO),
+    )
+    env.update({f"HARK_{k.upper()}": str(v) for k, v in settings.items()})
+    return Server.start([sys.executable, "-m", "service.server"], env)
+
+
+def naive_server(version_dir: Path) -> Server:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return Server.start([sys.executable, str(REPO / "loadtest" / "naive_server.py"), "--model", str(version_dir)], env)
+
+
+# Load ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    """One load level's outcome."""
+
+    streams: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    errors: int = 0
+    windows: int = 0
+    cpu_s: float = 0.0
+    rss_bytes: int = 0
+    send_lag_p99_ms: float = 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else math.inf
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and bool(self.latencies_ms) and self.pct(99) <= P99_LIMIT_MS
+
+    @property
+    def cpu_per_stream_s(self) -> float:
+        return self.cpu_s / (self.streams * self.seconds)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "ok": self.ok,
+            "p50_ms": round(self.pct(50), 2),
+            "p95_ms": round(self.pct(95), 2),
+            "p99_ms": round(self.pct(99), 2),
+            "errors": self.errors,
+            "windows": self.windows,
+            "cpu_s_per_stream_s": round(self.cpu_per_stream_s, 5),
+            "rss_mib": round(self.rss_bytes / 2**20, 1),
+            "client_send_lag_p99_ms": round(self.send_lag_p99_ms, 2),
+        }
+
+
+async def _stream(
+    stub: hark_pb2_grpc.ClassifierStub,
+    chunks: list[bytes],
+    offset: int,
+    t0: float,
+    measure: tuple[float, float],
+    stop_at: float,
+    level: Level,
+    lags: list[float],
+) -> None:
+    """One real-time stream: chunk i leaves at t0 + i * 100 ms; each WindowScores is matched to the chunk
+    that completed its window (by its end time) and timed from that chunk's send."""
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+    call = stub.StreamClassify()
+
+    async def read() -> None:
+        async for response in call:
+            if response.WhichOneof("response") != "scores":
+                continue
+            now = loop.time()
+            end_sample = round(response.scores.end_s * RATE)
+            i = max(0, math.ceil(end_sample / CHUNK) - 1)
+            if i < len(sent) and measure[0] <= sent[i] < measure[1]:
+                level.latencies_ms.append((now - sent[i]) * 1000)
+                level.windows += 1
+
+    reader = loop.create_task(read())
+    try:
+        await call.write(
+            hark_pb2.StreamRequest(
+                config=hark_pb2.StreamConfig(sample_rate_hz=RATE, encoding=hark_pb2.PCM_S16LE, emit_scores=True)
+            )
+        )
+        i = 0
+        while True:
+            due = t0 + i * CHUNK_S
+            if due >= stop_at:
+                break
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            if measure[0] <= now < measure[1]:
+                lags.append(now - due)
+            sent.append(now)
+            await call.write(hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=chunks[(offset + i) % len(chunks)])))
+            i += 1
+        await call.done_writing()
+        await reader
+    except grpc.aio.AioRpcError:
+        level.errors += 1
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+async def run_level(server: Server, streams: int, chunks: list[bytes], warmup_s: float, seconds: float) -> Level:
+    """N streams for warm-up + ``seconds``; latency, errors, CPU and RSS over the measured span."""
+    level = Level(streams, seconds)
+    lags: list[float] = []
+    loop = asyncio.get_running_loop()
+    # A few channels (HTTP/2 connections) share the streams, as many clients behind a proxy would.
+    channels = [grpc.aio.insecure_channel(server.address) for _ in range(max(1, min(8, streams // 64)))]
+    stubs = [hark_pb2_grpc.ClassifierStub(ch) for ch in channels]
+    try:
+        start = loop.time() + 0.2
+        measure = (start + warmup_s, start + warmup_s + seconds)
+        tasks = [
+            loop.create_task(
+                _stream(
+                    stubs[k % len(stubs)],
+                    chunks,
+                    (k * 37) % len(chunks),
+                    start + (k / streams) * CHUNK_S,  # spread the streams' sends over one hop
+                    measure,
+                    measure[1] + 0.3,
+                    level,
+                    lags,
+                )
+            )
+            for k in range(streams)
+        ]
+        await asyncio.sleep(max(0.0, measure[0] - loop.time()))
+        cpu0 = server.cpu_s()
+        await asyncio.sleep(max(0.0, measure[1] - loop.time()))
+        level.cpu_s = server.cpu_s() - cpu0
+        level.rss_bytes = server.rss()
+        await asyncio.gather(*tasks)
+    finally:
+        for ch in channels:
+            await ch.close()
+    level.send_lag_p99_ms = float(np.percentile(lags, 99) * 1000) if lags else 0.0
+    return level
+
+
+async def max_streams(
+    server: Server,
+    chunks: list[bytes],
+    *,
+    start: int,
+    cap: int,
+    warmup_s: float,
+    seconds: float,
+    steps: int,
+    log: Callable[[str], None],
+) -> tuple[int, list[Level]]:
+    """Double from ``start`` until a level fails, then bisect ``steps`` times. Returns the best passing N."""
+    levels: list[Level] = []
+
+    async def trial(n: int) -> bool:
+        level = await run_level(server, n, chunks, warmup_s, seconds)
+        levels.append(level)
+        log(f"    {n:5d} streams: {'pass' if level.ok else 'FAIL'} {level.summary()}")
+        await asyncio.sleep(0.5)  # let the server finish ending the streams
+        return level.ok
+
+    good, bad = 0, 0
+    n = start
+    while n <= cap:
+        if await trial(n):
+            good, n = n, n * 2
+        else:
+            bad = n
+            break
+    if bad == 0:
+        return good, levels
+    for _ in range(steps):
+        if bad - good <= max(2, good // 16):
+            break
+        mid = (good + bad) // 2
+        if await trial(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, levels
+
+
+async def idle_rss_per_stream(server: Server, streams: int) -> float:
+    """RSS growth per open stream that has sent its config and nothing else, in bytes."""
+    channel = grpc.aio.insecure_channel(server.address)
+    stub = hark_pb2_grpc.ClassifierStub(channel)
+    config = hark_pb2.StreamRequest(config=hark_pb2.StreamConfig(sample_rate_hz=RATE, encoding=hark_pb2.PCM_S16LE))
+    calls = []
+    try:
+        await asyncio.sleep(0.5)
+        before = server.rss()
+        for _ in range(streams):
+            call = stub.StreamClassify()
+            await call.write(config)
+            calls.append(call)
+        for call in calls:
+            await call.read()  # StreamStarted: the session exists
+        await asyncio.sleep(0.5)
+        after = server.rss()
+    finally:
+        for call in calls:
+            call.cancel()
+        await channel.close()
+    return (after - before) / streams
+
+
+# The limit: raw onnxruntime ---------------------------------------------------------------------------------
+
+RAW_ORT = r"""
+import json, sys, time
+import numpy as np, onnxruntime as ort
+path, frames, mels, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1
+o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+name = s.get_inputs()[0].name
+out = {}
+for batch in (1, 2, 4, 8, 16, 32, 64):
+    x = np.random.default_rng(0).standard_normal((batch, frames, mels)).astype(np.float32)
+    for _ in range(3): s.run(None, {name: x})
+    rates = []
+    for _ in range(5):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 5:
+            s.run(None, {name: x}); n += batch
+        rates.append(n / (time.perf_counter() - t0))
+    out[batch] = float(np.median(rates))
+print(json.dumps(out))
+"""
+
+
+def raw_ort(version_dir: Path, frames: int, mels: int, seconds: float) -> dict[int, float]:
+    """Windows per second of ``session.run`` on one thread on the server's core, per batch size."""
+    out = subprocess.run(
+        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-c", RAW_ORT, str(version_dir / "model.onnx"),
+         str(frames), str(mels), str(seconds)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return {int(k): v for k, v in json.loads(out.stdout).items()}
+
+
+# Main ------------------------------------------------------------------------------------------------------
+
+
+def find_version(store: Path) -> Path:
+    """The store's first model, newest version."""
+    for model in sorted(p for p in store.iterdir() if p.is_dir()):
+        versions = sorted((p for p in model.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        if versions:
+            return versions[-1]
+    raise FileNotFoundError(f"no model version in {store}")
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "note": "2 cores shared with other workloads: figures are noisy; ratios are measured side by side",
+    }
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    log = print
+    quick = args.quick
+    warmup, seconds = (1.3, 2.5) if quick else (1.5, 10.0)
+    steps = 2 if quick else 4
+    store: Path = args.store
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if store is None:
+        bundled = REPO / "model_store"
+        if bundled.is_dir() and any(bundled.glob("*/*/model.onnx")):
+            store = bundled
+        else:
+            from tests.fixtures_models import publish_tiny
+
+            tmp = tempfile.TemporaryDirectory(prefix="hark-bench-")
+            store = Path(tmp.name) / "store"
+            publish_tiny(store, "tiny")
+            log("bundled model absent: using the tiny test model (tests/fixtures_models.py)")
+    version_dir = find_version(store)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    frames, mels, hop_frames = manifest["window_frames"], manifest["frontend"]["n_mels"], manifest["hop_frames"]
+    hop_s = hop_frames * manifest["frontend"]["hop_length"] / manifest["frontend"]["sample_rate"]
+    windows_per_stream_s = 1 / hop_s
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    log(f"model {version_dir.relative_to(store.parent)}; server on core {SERVER_CORE}, load on core {CLIENT_CORE}")
+
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "mode": "quick" if quick else "full",
+        "model": f"{manifest['name']}/{version_dir.name}",
+        "criterion": f"p99 chunk-to-WindowScores latency <= {P99_LIMIT_MS:g} ms, no errors, real-time 100 ms chunks",
+        "measured_s_per_level": seconds,
+    }
+
+    log("raw onnxruntime, one thread, core 0 ...")
+    rates = raw_ort(version_dir, frames, mels, 1.0 if quick else 3.0)
+    best_batch = max(rates, key=lambda b: rates[b])
+    result["raw_ort"] = {
+        "windows_per_s": {str(b): round(r, 1) for b, r in rates.items()},
+        "batch1_streams": rates[1] / windows_per_stream_s,
+        "best_batch": best_batch,
+        "best_streams": rates[best_batch] / windows_per_stream_s,
+    }
+    log(f"    {result['raw_ort']}")
+
+    speech_chunks = pcm_chunks(speech(0.25))
+    realistic_chunks = pcm_chunks(speech(0.5))
+
+    def ramp(server: Server, chunks: list[bytes], start: int) -> Any:
+        return max_streams(
+            server, chunks, start=start, cap=args.cap, warmup_s=warmup, seconds=seconds, steps=steps, log=log
+        )
+
+    log("Hark ...")
+    server = hark_server(store, gate_dbfs="-inf") if args.gate_setting else hark_server(store)
+    try:
+        await run_level(server, 4, speech_chunks, 0.5, 1.0)  # warm up
+        best, levels = await ramp(server, speech_chunks, args.start)
+        result["hark"] = {"max_streams": best, "levels": [lv.summary() for lv in levels]}
+        if best:
+            for share in (50, 90):
+                n = max(1, round(best * share / 100))
+                lv = await run_level(server, n, speech_chunks, warmup, seconds)
+                result["hark"][f"at_{share}pct"] = lv.summary()
+                log(f"    at {share}% ({n}): {lv.summary()}")
+            top = next((lv for lv in reversed(levels) if lv.streams == best), None)
+            if top is not None:
+                result["hark"]["cpu_s_per_stream_s"] = top.cpu_per_stream_s
+                result["hark"]["rss_mib_at_max"] = top.rss_bytes / 2**20
+        idle_n = 200 if quick else 1000
+        result["hark"]["idle_rss_per_stream_bytes"] = await idle_rss_per_stream(server, idle_n)
+        result["hark"]["idle_streams_measured"] = idle_n
+        log(f"    idle stream RSS: {result['hark']['idle_rss_per_stream_bytes'] / 1024:.1f} KiB")
+    finally:
+        server.stop()
+
+    if args.gate_setting:
+        log("Hark on speech with 50% silence, gating off vs on ...")
+        gating: dict[str, Any] = {}
+        for label, value in (("off", "-inf"), ("on", None)):
+            server = hark_server(store, gate_dbfs=value) if value else hark_server(store)
+            try:
+                await run_level(server, 4, realistic_chunks, 0.5, 1.0)
+                n, lv = await ramp(server, realistic_chunks, max(8, best // 2))
+                gating[label] = {"max_streams": n, "levels": [x.summary() for x in lv]}
+            finally:
+                server.stop()
+        result["gating"] = gating
+
+    log("naive baseline ...")
+    server = naive_server(version_dir)
+    try:
+        await run_level(server, 2, speech_chunks, 0.5, 1.0)
+        best_naive, levels = await ramp(server, speech_chunks, 4)
+        result["naive"] = {"max_streams": best_naive, "levels": [lv.summary() for lv in levels]}
+    finally:
+        server.stop()
+    if tmp is not None:
+        tmp.cleanup()
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    """The README table: each figure, its baseline from the same run, the ratio."""
+    h = r["hark"]
+    best = h["max_streams"]
+    raw = r["raw_ort"]
+    naive = r["naive"]["max_streams"]
+    rows = [
+        ("Max real-time streams, one server core (p99 ≤ 50 ms)", f"{best}", "", ""),
+        (
+            "Limit: raw onnxruntime, 1 thread, batch 1 → streams",
+            f"{raw['batch1_streams']:.0f}",
+            "Hark / limit",
+            f"{best / raw['batch1_streams']:.2f}" if raw["batch1_streams"] else "n/a",
+        ),
+        (
+            f"Limit: raw onnxruntime, 1 thread, batch {raw['best_batch']} → streams",
+            f"{raw['best_streams']:.0f}",
+            "Hark / limit",
+            f"{best / raw['best_streams']:.3f}" if raw["best_streams"] else "n/a",
+        ),
+        (
+            "Naive server (librosa per hop, ORT per window)",
+            f"{naive}",
+            "Hark / naive",
+            f"{best / naive:.1f}x" if naive else "n/a",
+        ),
+    ]
+    for share in (50, 90):
+        if lv := h.get(f"at_{share}pct"):
+            rows.append(
+                (
+                    f"Latency at {share}% load ({lv['streams']} streams) p50 / p95 / p99 ms",
+                    f"{lv['p50_ms']:.1f} / {lv['p95_ms']:.1f} / {lv['p99_ms']:.1f}",
+                    "errors",
+                    str(lv["errors"]),
+                )
+            )
+    if "cpu_s_per_stream_s" in h:
+        rows.append(("Server CPU s per stream-second (at max)", f"{h['cpu_s_per_stream_s'] * 1000:.2f} ms", "", ""))
+    if "rss_mib_at_max" in h:
+        rows.append(("Server RSS at max load", f"{h['rss_mib_at_max']:.0f} MiB", "", ""))
+    rows.append(
+        (
+            f"RSS per idle stream ({h['idle_streams_measured']} open)",
+            f"{h['idle_rss_per_stream_bytes'] / 1024:.1f} KiB",
+            "",
+            "",
+        )
+    )
+    if g := r.get("gating"):
+        on, off = g["on"]["max_streams"], g["off"]["max_streams"]
+        rows.append(
+            (
+                "Max streams, speech with 50% silence: gating on / off",
+                f"{on} / {off}",
+                "on / off",
+                f"{on / off:.2f}x" if off else "n/a",
+            )
+        )
+    lines = [
+        f"Date {r['date']}, {r['mode']} run, model `{r['model']}`, machine: {r['machine']['cpu']}, "
+        f"{r['machine']['cores']} cores (shared; load average at start {r['machine']['loadavg_at_start']}).",
+        "",
+        "| Figure | Value | Compared with | Ratio |",
+        "| --- | --- | --- | --- |",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Hark streaming benchmark (see the module docstring).")
+    parser.add_argument("--quick", action="store_true", help="short levels, fewer steps: under 2 minutes")
+    parser.add_argument("--store", type=Path, default=None, help="model store (default: model_store/, else tiny)")
+    parser.add_argument("--start", type=int, default=32, help="first load level (streams)")
+    parser.add_argument("--cap", type=int, default=4096, help="highest load level tried")
+    parser.add_argument("--no-gating", dest="gate_setting", action="store_false", help="skip gating on/off")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if shutil.which("taskset") is None or shutil.which("espeak-ng") is None:
+        print("needs taskset (util-linux) and espeak-ng", file=sys.stderr)
+        return 2
+    if args.gate_setting:
+        from service.config import Settings
+
+        args.gate_setting = "gate_dbfs" in Settings.model_fields
+    result = asyncio.run(bench(args))
+    text = table(result)
+    print()
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = result["date"].replace(":", "").replace("-", "")[:15]
+    (args.out / f"bench-{stamp}-{result['mode']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"bench-{stamp}-{result['mode']}.md").write_text(text + "\n")
+    (args.out / "latest.md").write_text(text + "\n")
+    print(f"\nwritten to {args.out}/bench-{stamp}-{result['mode']}.{{md,json}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
