@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     threshold: float = Field(0.6, gt=0.0, le=1.0, description="Smoothed score that raises an event.")
     release_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Score below which a class re-arms.")
     refractory_s: float = Field(1.0, ge=0.0, description="Quiet time after an event for the same class.")
+    gate_dbfs: float | None = Field(
+        -60.0,
+        description="Energy gate: a stream window whose loudest 10 ms frame is below this level (dBFS) is scored "
+        "as silence without a model call (WindowScores.gated); -inf or null = off.",
+    )
 
     # Metrics, drift and control-set checks
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus /metrics HTTP server binds.")

@@ -143,7 +143,9 @@ def _responses(scored: Scored, emit_scores: bool) -> list[hark_pb2.StreamRespons
         w = scored.window
         out.append(
             hark_pb2.StreamResponse(
-                scores=hark_pb2.WindowScores(start_s=w.start_s, end_s=w.end_s, scores=scored.scores.tolist())
+                scores=hark_pb2.WindowScores(
+                    start_s=w.start_s, end_s=w.end_s, scores=scored.scores.tolist(), gated=w.gated
+                )
             )
         )
     for e in scored.events:
@@ -370,8 +372,11 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         """Score the windows a chunk completed; ``arrived`` (perf_counter) times each from its chunk."""
         if not windows:
             return
-        probabilities = await batcher.submit_many([w.features for w in windows])
-        for window, p in zip(windows, probabilities, strict=True):
+        # Gated (too quiet) windows skip the model: their scores come from the session, in window order.
+        live = [w.features for w in windows if not w.gated]
+        probabilities = iter(await batcher.submit_many(live) if live else [])
+        for window in windows:
+            p = session.gated_probabilities() if window.gated else next(probabilities)
             scored = session.score(window, p)
             for response in _responses(scored, session.emit_scores):
                 await self._write(context, response)

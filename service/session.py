@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +32,7 @@ from service.audio import (
     decode_pcm,
 )
 from service.config import Settings
-from service.frontend import LogMel, StreamingLogMel
+from service.frontend import FrontendConfig, LogMel, StreamingLogMel
 from service.model_store import LoadedModel
 from service.postprocess import Detection, PostprocessConfig, Postprocessor
 from service.ring_buffer import FrameRing
@@ -48,6 +49,10 @@ AudioObserver = Callable[[FloatArray, int], None]
 # Level of the padding used to complete the last hop: about -80 dBFS of deterministic noise, which a
 # model trained on real recordings sees as silence, where exact digital zeros may be out of distribution.
 PAD_LEVEL = 1e-4
+# Label whose one-hot distribution stands in for the model's output on a gated (too quiet) window.
+SILENCE_LABEL = "_silence_"
+# Without a silence class, a gated window's scores are the previous smoothed scores times this.
+GATE_DECAY = 0.5
 
 
 def _ignore(stage: str, seconds: float) -> None:
@@ -70,6 +75,7 @@ class Window:
     features: FloatArray  # (window_frames, n_mels), owned: the ring may be overwritten
     start_s: float
     end_s: float
+    gated: bool = False  # too quiet to be worth a model call (``gate_dbfs``)
 
     @property
     def centre_s(self) -> float:
@@ -126,6 +132,18 @@ class StreamSession:
         self._ring = FrameRing(m.window_frames, m.frontend.n_mels)
         self._post = Postprocessor(PostprocessConfig.from_settings(settings, m))
         self._next_due = m.window_frames  # frame count at which the next window is complete
+        # Energy gating: each frame's total Mel power, kept beside the frame ring; a window whose loudest
+        # frame is below the gate is not sent to the model.
+        gate = settings.gate_dbfs
+        self._gate_power = (
+            None if gate is None or not np.isfinite(gate) else full_scale_power(m.frontend) * 10 ** (gate / 10)
+        )
+        self._powers = FrameRing(m.window_frames, 1) if self._gate_power is not None else None
+        self._silence = np.zeros(len(m.labels), dtype=np.float32)
+        if SILENCE_LABEL in m.labels:
+            self._silence[m.labels.index(SILENCE_LABEL)] = 1.0
+        self._last_scores: FloatArray | None = None
+        self.gated = 0
         self._finished = False
         # Counters
         self.input_samples = 0  # at the client's rate
@@ -199,6 +217,10 @@ class StreamSession:
         self.model_samples += samples.size
         t0 = time.perf_counter()
         frames = self._frontend.push(samples)
+        powers = None
+        if self._powers is not None and frames.shape[0]:
+            offset = np.float32(self.frontend_config.log_offset * self.frontend_config.n_mels)
+            powers = np.exp(frames).sum(axis=1, keepdims=True) - offset
         windows: list[Window] = []
         # Split the new frames at each point where a window is due, so a large chunk yields every
         # window it completes, not only the last one the ring still holds.
@@ -206,6 +228,8 @@ class StreamSession:
         while pos < frames.shape[0]:
             take = min(frames.shape[0] - pos, self._next_due - self._ring.total)
             self._ring.extend(frames[pos : pos + take])
+            if self._powers is not None and powers is not None:
+                self._powers.extend(powers[pos : pos + take])
             pos += take
             if self._ring.total == self._next_due:
                 windows.append(self._window())
@@ -218,11 +242,16 @@ class StreamSession:
         first = self._ring.total - self.window_frames
         start = first * c.hop_length
         end = start + c.n_samples(self.window_frames)
+        gated = False
+        if self._powers is not None and self._gate_power is not None:
+            gated = bool(self._powers.latest(self.window_frames).max() < self._gate_power)
+            self.gated += gated
         window = Window(
             index=self.windows,
             features=self._ring.latest(self.window_frames).copy(),
             start_s=start / c.sample_rate,
             end_s=end / c.sample_rate,
+            gated=gated,
         )
         self.windows += 1
         return window
@@ -233,9 +262,30 @@ class StreamSession:
         """Postprocess one window's probabilities; windows must be scored in the order they came."""
         t0 = time.perf_counter()
         smoothed, events = self._post.update(probabilities, window.centre_s)
+        self._last_scores = smoothed
         self.events += len(events)
         self._observe("postprocess", time.perf_counter() - t0)
         return Scored(window=window, scores=smoothed, events=events)
+
+    def gated_probabilities(self) -> FloatArray:
+        """What a gated window is scored as, in place of the model's output: a one-hot ``_silence_`` when
+        the model has that class (smoothing then decays the scores toward it), else the previous smoothed
+        scores times ``GATE_DECAY``. Call it in window order, just before :meth:`score`."""
+        if self._silence.any():
+            return self._silence
+        if self._last_scores is None:
+            return np.zeros_like(self._silence)
+        decayed: FloatArray = (self._last_scores * GATE_DECAY).astype(np.float32)
+        return decayed
+
+
+@lru_cache(maxsize=16)
+def full_scale_power(config: FrontendConfig) -> float:
+    """The mean total Mel power of a frame of white noise at 0 dBFS RMS: the reference of ``gate_dbfs``, so
+    a frame's level is ``10 log10(power / full_scale_power)`` dB, close to its RMS level for broadband sound."""
+    noise = np.random.default_rng(0).standard_normal(config.sample_rate).astype(np.float32)
+    frames = LogMel(config).frames(noise)
+    return float((np.exp(frames.astype(np.float64)) - config.log_offset).sum(axis=1).mean())
 
 
 def clip_windows(samples: FloatArray, model: LoadedModel) -> FloatArray:

@@ -91,7 +91,7 @@ async def test_traffic_counters_match_what_the_client_saw(observed: Hark) -> Non
     assert value(text, "hark_events_total", **TINY, **{"class": "yes"}) == len(events)
     windows = value(text, "hark_windows_total", **TINY)
     assert windows >= 1 and value(text, "hark_end_to_end_latency_seconds_count", **TINY) == windows
-    assert value(text, "hark_batch_size_sum", **TINY) == windows
+    assert 1 <= value(text, "hark_batch_size_sum", **TINY) <= windows  # gated (quiet) windows skip the model
     for stage in ("decode", "frontend", "queue", "inference", "postprocess"):
         assert value(text, "hark_stage_duration_seconds_count", stage=stage, **TINY) > 0, stage
     assert value(text, "hark_stage_duration_seconds_count", stage="decode", **TINY) == chunks
