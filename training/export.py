@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from service.frontend import FrontendConfig
-from service.model_store import FeatureStats, load_version, publish_version, sha256_file
+from service.model_store import FeatureStats, VerificationError, load_version, publish_version, sha256_file
 from service.runner import create_session
 from training.config import TrainConfig, load_config
 from training.features import SplitFeatures, load_splits
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         version_dir = export_run(
             args.run_dir, args.store, args.name, version=args.version, data=args.data, progress=not args.quiet
         )
-    except ParityError as e:
+    except (ParityError, VerificationError) as e:  # nothing was published
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:  # a missing run folder or manifest, a changed data set
@@ -262,7 +262,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     parser = subparsers.add_parser(
         "export",
         help="Export a training run to ONNX and publish it as a new model version",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Export a run to ONNX, check it against torch, measure it on the test split and publish it "
+        "as a new version that the server's verification accepts.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="Run folder written by `hark train`")
     parser.add_argument(

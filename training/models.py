@@ -100,13 +100,14 @@ class DSCNN(nn.Module):
         blocks: int = 4,
         dropout: float = 0.2,
         norm: Norm = "utterance",
+        downsample_at: tuple[int, ...] = (1,),
     ) -> None:
         super().__init__()
         del n_frames  # global pooling makes the model independent of the window length
         self.norm = InputNorm(n_mels, norm)
         layers: list[nn.Module] = [_conv_bn(1, channels, (5, 3), stride=(2, 2))]
         for i in range(blocks):
-            stride = (2, 2) if i == 1 else (1, 1)
+            stride = (2, 2) if i in downsample_at else (1, 1)
             layers += [
                 _conv_bn(channels, channels, (3, 3), stride=stride, groups=channels),
                 _conv_bn(channels, channels, (1, 1)),

@@ -32,7 +32,7 @@ from service.frontend import FrontendConfig, LogMel
 from service.model_store import sha256_file
 from training.config import AugmentConfig, TrainConfig, config_to_json, load_config
 from training.features import SplitFeatures, feature_stats, load_splits
-from training.models import build_model, count_parameters
+from training.models import ARCHITECTURES, build_model, count_parameters
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -373,7 +373,10 @@ def run(args: argparse.Namespace) -> int:
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hark train``."""
     parser = subparsers.add_parser(
-        "train", help="Train a keyword model on the data set", description=__doc__.split("\n\n")[0] if __doc__ else None
+        "train",
+        help="Train a keyword model on the data set",
+        description="Train a small CNN on the data set's log-Mel windows and write a run folder "
+        "(checkpoint, config, per-epoch metrics, reference feature statistics).",
     )
     parser.add_argument("--config", type=Path, help="Training config (TOML or JSON); a run's config.json reproduces it")
     parser.add_argument("--data", type=Path, help="Data manifest CSV (default data/keywords/manifest.csv)")
@@ -381,7 +384,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     parser.add_argument("--name", help="Run name (default keywords)")
     parser.add_argument("--epochs", type=int, help="Number of epochs")
     parser.add_argument("--seed", type=int, help="Seed for initialisation, shuffling and augmentation")
-    parser.add_argument("--arch", help="Architecture: cnn (seed CNN) or dscnn (depthwise-separable CNN)")
+    parser.add_argument(
+        "--arch", choices=sorted(ARCHITECTURES), help="Architecture: cnn (seed CNN) or dscnn (depthwise-separable CNN)"
+    )
     parser.add_argument(
         "--build-data", action="store_true", help="Build the data set first (training.data) if the manifest is missing"
     )

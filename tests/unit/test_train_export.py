@@ -199,6 +199,14 @@ def test_training_writes_a_run_folder(run_dir: Path) -> None:
     assert checkpoint["labels"] == list(LABELS) and not model.training
 
 
+def test_training_is_reproducible(run_dir: Path, manifest: Path, tmp_path: Path) -> None:
+    """Same config, same seed: the same weights, bit for bit."""
+    config = load_config(run_dir / "config.json").model_copy(update={"out": tmp_path / "again"})
+    again = train(config, labels=LABELS, read_manifest=read_data_manifest, progress=False)
+    first, second = (torch.load(d / CHECKPOINT_FILE, weights_only=True)["state_dict"] for d in (run_dir, again))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_export_publishes_a_version_the_server_loads(run_dir: Path, manifest: Path, tmp_path: Path) -> None:
     version_dir = export_run(run_dir, tmp_path / "store", "keywords")
     assert version_dir == tmp_path / "store" / "keywords" / "1"
