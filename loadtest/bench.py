@@ -55,6 +55,7 @@ RATE = 16_000
 CHUNK_S = 0.1
 CHUNK = int(RATE * CHUNK_S)
 P99_LIMIT_MS = 50.0
+CLIENT_LAG_RETRY_MS = 10.0
 SERVER_CORE, CLIENT_CORE = 0, 1
 SENTENCES = [
     "yes, turn it on",
@@ -343,11 +344,16 @@ async def max_streams(
     levels: list[Level] = []
 
     async def trial(n: int) -> bool:
-        level = await run_level(server, n, chunks, warmup_s, seconds)
-        levels.append(level)
-        log(f"    {n:5d} streams: {'pass' if level.ok else 'FAIL'} {level.summary()}")
-        await asyncio.sleep(0.5)  # let the server finish ending the streams
-        return level.ok
+        for attempt in range(2):
+            level = await run_level(server, n, chunks, warmup_s, seconds)
+            levels.append(level)
+            log(f"    {n:5d} streams: {'pass' if level.ok else 'FAIL'} {level.summary()}")
+            await asyncio.sleep(0.5)  # let the server finish ending the streams
+            # A failure while the load generator itself fell behind measured the client (or a neighbour
+            # on the shared machine), not the server: try that level once more.
+            if level.ok or level.send_lag_p99_ms <= CLIENT_LAG_RETRY_MS or attempt:
+                return level.ok
+        return False
 
     good, bad = 0, 0
     n = start
@@ -529,7 +535,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 lv = await run_level(server, n, speech_chunks, warmup, seconds)
                 result["hark"][f"at_{share}pct"] = lv.summary()
                 log(f"    at {share}% ({n}): {lv.summary()}")
-            top = next((lv for lv in reversed(levels) if lv.streams == best), None)
+            top = next((lv for lv in reversed(levels) if lv.streams == best and lv.ok), None)
             if top is not None:
                 result["hark"]["cpu_s_per_stream_s"] = top.cpu_per_stream_s
                 result["hark"]["rss_mib_at_max"] = top.rss_bytes / 2**20
@@ -541,16 +547,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         server.stop()
 
     if args.gate_setting:
-        log("Hark on speech with 50% silence, gating off vs on ...")
-        gating: dict[str, Any] = {}
-        for label, value in (("off", "-inf"), ("on", None)):
-            server = hark_server(store, gate_dbfs=value) if value else hark_server(store)
-            try:
-                await run_level(server, 4, realistic_chunks, 0.5, 1.0)
-                n, lv = await ramp(server, realistic_chunks, max(8, best // 2))
-                gating[label] = {"max_streams": n, "levels": [x.summary() for x in lv]}
-            finally:
-                server.stop()
+        # Max-streams ramps are too noisy on a shared machine to show a difference of tens of percent, so
+        # gating is compared by server CPU per stream-second at one fixed load, alternating on and off.
+        n = max(8, best // 2)
+        log(f"Hark on speech with 50% silence, gating off vs on, {n} streams, CPU per stream-second ...")
+        servers = {"off": hark_server(store, gate_dbfs="-inf"), "on": hark_server(store)}
+        gating: dict[str, Any] = {"streams": n, "off": [], "on": []}
+        try:
+            for s in servers.values():
+                await run_level(s, 4, realistic_chunks, 0.5, 1.0)
+            for _ in range(2 if quick else 3):
+                for label, s in servers.items():
+                    lv = await run_level(s, n, realistic_chunks, warmup, seconds)
+                    gating[label].append(lv.summary())
+                    log(f"    gating {label}: {lv.summary()}")
+                    await asyncio.sleep(0.5)
+        finally:
+            for s in servers.values():
+                s.stop()
+        for label in ("off", "on"):
+            gating[f"{label}_cpu_s_per_stream_s"] = float(np.median([x["cpu_s_per_stream_s"] for x in gating[label]]))
         result["gating"] = gating
 
     log("naive baseline ...")
@@ -559,6 +575,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         await run_level(server, 2, speech_chunks, 0.5, 1.0)
         best_naive, levels = await ramp(server, speech_chunks, 4)
         result["naive"] = {"max_streams": best_naive, "levels": [lv.summary() for lv in levels]}
+        top = next((lv for lv in reversed(levels) if lv.streams == best_naive and lv.ok), None)
+        if top is not None:
+            result["naive"]["cpu_s_per_stream_s"] = top.cpu_per_stream_s
     finally:
         server.stop()
     if tmp is not None:
@@ -603,8 +622,25 @@ def table(r: dict[str, Any]) -> str:
                     str(lv["errors"]),
                 )
             )
+    naive_cpu = r["naive"].get("cpu_s_per_stream_s")
     if "cpu_s_per_stream_s" in h:
-        rows.append(("Server CPU s per stream-second (at max)", f"{h['cpu_s_per_stream_s'] * 1000:.2f} ms", "", ""))
+        rows.append(
+            (
+                "Server CPU per stream-second (at max load)",
+                f"{h['cpu_s_per_stream_s'] * 1000:.2f} ms",
+                f"naive: {naive_cpu * 1000:.2f} ms" if naive_cpu else "",
+                f"{naive_cpu / h['cpu_s_per_stream_s']:.1f}x less" if naive_cpu else "",
+            )
+        )
+        cpu_streams = 1 / h["cpu_s_per_stream_s"]
+        rows.append(
+            (
+                "Streams one core's CPU would carry (1 / CPU per stream-second)",
+                f"{cpu_streams:.0f}",
+                "Hark / raw ORT batch 1",
+                f"{cpu_streams / raw['batch1_streams']:.3f}" if raw["batch1_streams"] else "n/a",
+            )
+        )
     if "rss_mib_at_max" in h:
         rows.append(("Server RSS at max load", f"{h['rss_mib_at_max']:.0f} MiB", "", ""))
     rows.append(
@@ -616,13 +652,13 @@ def table(r: dict[str, Any]) -> str:
         )
     )
     if g := r.get("gating"):
-        on, off = g["on"]["max_streams"], g["off"]["max_streams"]
+        on, off = g["on_cpu_s_per_stream_s"], g["off_cpu_s_per_stream_s"]
         rows.append(
             (
-                "Max streams, speech with 50% silence: gating on / off",
-                f"{on} / {off}",
-                "on / off",
-                f"{on / off:.2f}x" if off else "n/a",
+                f"CPU per stream-second, speech with 50% silence ({g['streams']} streams): gating on / off",
+                f"{on * 1000:.2f} / {off * 1000:.2f} ms",
+                "streams per core, on / off",
+                f"{off / on:.2f}x" if on else "n/a",
             )
         )
     lines = [
