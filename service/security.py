@@ -242,6 +242,8 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
         parse = handler.request_deserializer
         behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
         method = handler_call_details.method
+        descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)  # Message.FromString's class
+        what = descriptor.full_name if descriptor is not None else f"{method.rsplit('/', 1)[-1]} request"
 
         def tolerant(data: bytes) -> Any:
             try:
@@ -251,7 +253,7 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Malformed):
-                message = f"the request is not a valid {method.rsplit('/', 1)[-1]} message (malformed protobuf)"
+                message = f"the request is not a valid {what} (malformed protobuf)"
                 log.info("request refused", code="INVALID_ARGUMENT", method=method, error=message)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             return await behaviour(request, context)
@@ -366,7 +368,9 @@ class StreamCapture:
             samples, subtype = np.frombuffer(data, dtype="<f4"), "FLOAT"
         else:
             samples, subtype = np.frombuffer(data, dtype="<i2"), "PCM_16"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        partial = self.path.with_name(self.path.name + ".part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
             sf.write(f, samples, self.sample_rate, subtype=subtype, format="WAV")
+        os.replace(partial, self.path)  # whoever lists the folder sees whole files only
         return self.path

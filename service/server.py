@@ -238,6 +238,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         try:
             with self._tracked():
                 await self._stream(context, stream_id, slog)
+        except grpc.aio.AbortError as e:
+            raise _bare(e) from None
         finally:
             self.active_streams -= 1
 
@@ -424,7 +426,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         if self.draining:
             await self._abort(context, slog, RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is shutting down"))
         with self._tracked():
-            return await self._classify(request, context, slog)
+            try:
+                return await self._classify(request, context, slog)
+            except grpc.aio.AbortError as e:
+                raise _bare(e) from None
 
     async def _classify(
         self, request: hark_pb2.ClassifyRequest, context: grpc.aio.ServicerContext, slog: Any
@@ -498,6 +503,17 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             slog.info("request refused", code=code.name, error=message)
         await context.abort(code, message, getattr(error, "trailing_metadata", ()))
         raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _bare(abort: grpc.aio.AbortError) -> grpc.aio.AbortError:
+    """The abort without its traceback and context, to re-raise out of a handler.
+
+    gRPC keeps a call's ``AbortError`` for as long as it keeps the call (until the client lets go of it);
+    its traceback would pin every frame it passed through, and their locals (a stream's session, a clip's
+    samples), that long. gRPC needs the same exception object back, so it is stripped, not replaced.
+    """
+    abort.__context__ = None
+    return abort.with_traceback(None)
 
 
 def _save_capture(capture: StreamCapture, slog: Any) -> None:

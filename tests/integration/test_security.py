@@ -16,7 +16,6 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
+Metadata = tuple[tuple[str, str], ...]
 TOKEN = "tok-" + secrets.token_hex(16)
 OTHER_TOKEN = "tok-" + secrets.token_hex(16)
 
@@ -148,37 +148,38 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def tls_channel(address: str, ca: Path, client: Pem | None = None) -> grpc.aio.Channel:
-    credentials = grpc.ssl_channel_credentials(
+def _credentials(ca: Path | None, client: Pem | None) -> grpc.ChannelCredentials | None:
+    if ca is None:
+        return None
+    return grpc.ssl_channel_credentials(
         root_certificates=ca.read_bytes(),
         private_key=client.key.read_bytes() if client else None,
         certificate_chain=client.cert.read_bytes() if client else None,
     )
-    return grpc.aio.secure_channel(address, credentials)
 
 
-async def stream_code(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> grpc.StatusCode:
-    """Status of one short stream of real audio; a failed handshake is UNAVAILABLE.
+def _stream_code(address: str, credentials: grpc.ChannelCredentials | None, metadata: Metadata) -> grpc.StatusCode:
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
+        stub = hark_pb2_grpc.ClassifierStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            for _ in stub.StreamClassify(iter([config(), *audio_requests(noise(1.2))]), metadata=metadata, timeout=10):
+                pass
+        except grpc.RpcError as e:
+            code: grpc.StatusCode = e.code()
+            return code
+    return grpc.StatusCode.OK
 
-    The audio follows the server's first response: a refused stream then has nothing in flight, which
-    grpc.aio clients can misreport as INTERNAL when the server ends a call mid-write (grpc/grpc#36066).
+
+async def stream_code(
+    address: str, metadata: Metadata = (), *, ca: Path | None = None, client: Pem | None = None
+) -> grpc.StatusCode:
+    """Status of one short stream of real audio (TLS when ``ca`` is given); a failed handshake is UNAVAILABLE.
+
+    A blocking client on a worker thread: when the server refuses a call while audio is still in flight,
+    grpc.aio clients can report INTERNAL instead of the server's status (grpc/grpc#36066).
     """
-    accepted = asyncio.Event()
-
-    async def requests() -> AsyncIterator[hark_pb2.StreamRequest]:
-        yield config()
-        await accepted.wait()
-        for request in audio_requests(noise(1.2)):
-            yield request
-
-    call = hark_pb2_grpc.ClassifierStub(channel).StreamClassify(requests(), metadata=metadata, timeout=10)
-    try:
-        async for _ in call:
-            accepted.set()
-    except grpc.aio.AioRpcError as e:
-        return e.code()
-    code: grpc.StatusCode = await call.code()
-    return code
+    return await asyncio.to_thread(_stream_code, address, _credentials(ca, client), metadata)
 
 
 async def run_stream(
@@ -203,12 +204,9 @@ async def test_tls_serves_only_tls_clients_that_trust_its_ca(
     start_hark: StartHark, tiny_model_store: Path, pki: Pki
 ) -> None:
     h = await start_hark(tiny_model_store, tls_cert_file=pki.server.cert, tls_key_file=pki.server.key)
-    async with tls_channel(h.address, pki.ca) as channel:
-        assert await stream_code(channel) == grpc.StatusCode.OK
-    async with grpc.aio.insecure_channel(h.address) as plaintext:
-        assert await stream_code(plaintext) == grpc.StatusCode.UNAVAILABLE
-    async with tls_channel(h.address, pki.rogue_ca) as wrong_trust:
-        assert await stream_code(wrong_trust) == grpc.StatusCode.UNAVAILABLE
+    assert await stream_code(h.address, ca=pki.ca) == grpc.StatusCode.OK
+    assert await stream_code(h.address) == grpc.StatusCode.UNAVAILABLE  # plaintext
+    assert await stream_code(h.address, ca=pki.rogue_ca) == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(
@@ -220,12 +218,9 @@ async def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(
         tls_key_file=pki.server.key,
         tls_client_ca_file=pki.ca,
     )
-    async with tls_channel(h.address, pki.ca, pki.client) as channel:
-        assert await stream_code(channel) == grpc.StatusCode.OK
-    async with tls_channel(h.address, pki.ca) as no_certificate:
-        assert await stream_code(no_certificate) == grpc.StatusCode.UNAVAILABLE
-    async with tls_channel(h.address, pki.ca, pki.rogue_client) as untrusted:
-        assert await stream_code(untrusted) == grpc.StatusCode.UNAVAILABLE
+    assert await stream_code(h.address, ca=pki.ca, client=pki.client) == grpc.StatusCode.OK
+    assert await stream_code(h.address, ca=pki.ca) == grpc.StatusCode.UNAVAILABLE  # no client certificate
+    assert await stream_code(h.address, ca=pki.ca, client=pki.rogue_client) == grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize(
@@ -277,7 +272,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 async def test_calls_without_a_valid_token_are_unauthenticated(
     authed: Hark, metadata: tuple[tuple[str, str], ...], message: str
 ) -> None:
-    assert await stream_code(authed.channel, metadata) == grpc.StatusCode.UNAUTHENTICATED
+    assert await stream_code(authed.address, metadata) == grpc.StatusCode.UNAUTHENTICATED
     for call in (
         authed.stub.Classify(
             hark_pb2.ClassifyRequest(sample_rate_hz=16_000, encoding=1, pcm=b"\0\0"), metadata=metadata
@@ -294,11 +289,11 @@ async def test_calls_without_a_valid_token_are_unauthenticated(
 
 async def test_every_configured_token_is_accepted(authed: Hark) -> None:
     for token in (TOKEN, OTHER_TOKEN):  # from the file and from HARK_AUTH_TOKENS
-        assert await stream_code(authed.channel, bearer(token)) == grpc.StatusCode.OK
+        assert await stream_code(authed.address, bearer(token)) == grpc.StatusCode.OK
         listed = await authed.stub.ListModels(hark_pb2.ListModelsRequest(), metadata=bearer(token))
         assert [m.name for m in listed.models] == ["tiny"]
     # The scheme is case-insensitive (RFC 7235).
-    assert await stream_code(authed.channel, (("authorization", f"bearer {TOKEN}"),)) == grpc.StatusCode.OK
+    assert await stream_code(authed.address, (("authorization", f"bearer {TOKEN}"),)) == grpc.StatusCode.OK
 
 
 async def test_health_is_exempt_and_reflection_is_not_unless_configured(
@@ -366,9 +361,10 @@ async def test_logs_hold_no_token_and_no_audio(
         hark_pb2.ClassifyRequest(sample_rate_hz=16_000, encoding=1, pcm=pcm), metadata=bearer(OTHER_TOKEN)
     )
     wrong = "tok-" + secrets.token_hex(16)
-    assert (
-        await run_stream(h.stub, [config(), audio(pcm)], metadata=bearer(wrong))
-    ).code == grpc.StatusCode.UNAUTHENTICATED
+    # Only the config: audio still in flight when the server refuses can make a grpc.aio client report
+    # INTERNAL instead of the server's status (grpc/grpc#36066).
+    refused_auth = await run_stream(h.stub, [config()], metadata=bearer(wrong))
+    assert refused_auth.code == grpc.StatusCode.UNAUTHENTICATED
     await asyncio.sleep(0.1)
     logs = "".join(capfd.readouterr())
     assert "stream finished" in logs and "UNAUTHENTICATED" in logs  # the logs were captured
