@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     threshold: float = Field(0.6, gt=0.0, le=1.0, description="Smoothed score that raises an event.")
     release_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Score below which a class re-arms.")
     refractory_s: float = Field(1.0, ge=0.0, description="Quiet time after an event for the same class.")
+    holdoff_s: float = Field(
+        0.3,
+        ge=0.0,
+        description="Once an event's class falls below release_threshold, other classes stay quiet this long "
+        "(the tail of a word must not read as another word: 'stop' then 'up').",
+    )
     gate_dbfs: float | None = Field(
         -60.0,
         description="Energy gate: a stream window whose loudest 10 ms frame is below this level (dBFS) is scored "

@@ -11,6 +11,10 @@ goes through three gates, in order:
 3. **Refractory period**: after an event a class stays quiet for ``refractory_s`` seconds of stream
    audio even if it re-arms, so a score that wobbles around the release level cannot fire twice for one
    word. A crossing inside the refractory period is absorbed (the class disarms without firing).
+4. **Hold-off across classes**: until the last event's class falls below ``release_threshold``, and for
+   ``holdoff_s`` after, no other class fires. As a word slides out of the window its tail can look
+   like another word ("stop" ends in something like "up"); this absorbs that echo. One event per window,
+   the strongest.
 
 Background classes (silence, unknown words) are smoothed and reported but never fire. Pure: no I/O,
 no clocks; time is the caller's stream time.
@@ -39,6 +43,7 @@ class PostprocessConfig:
     threshold: float = 0.6
     release_threshold: float = 0.3
     refractory_s: float = 1.0
+    holdoff_s: float = 0.3
 
     def __post_init__(self) -> None:
         if self.smoothing_windows < 1:
@@ -50,8 +55,8 @@ class PostprocessConfig:
                 f"release_threshold {self.release_threshold} exceeds threshold {self.threshold}; "
                 "a class would re-arm while still above the level that fires it"
             )
-        if self.refractory_s < 0:
-            raise ValueError("refractory_s must not be negative")
+        if self.refractory_s < 0 or self.holdoff_s < 0:
+            raise ValueError("refractory_s and holdoff_s must not be negative")
 
     @classmethod
     def from_settings(cls, settings: Settings, manifest: Manifest) -> PostprocessConfig:
@@ -64,6 +69,7 @@ class PostprocessConfig:
             # clamp rather than refuse to serve.
             release_threshold=min(settings.release_threshold, settings.threshold),
             refractory_s=settings.refractory_s,
+            holdoff_s=settings.holdoff_s,
         )
 
 
@@ -87,6 +93,8 @@ class Postprocessor:
         self._armed = np.ones(n, dtype=bool)
         self._last_event = np.full(n, -math.inf, dtype=np.float64)
         self._can_fire = np.array([label not in config.background_labels for label in config.labels], dtype=bool)
+        self._holding: int | None = None  # the class of the last event, until it falls below release
+        self._quiet_until = -math.inf  # no other class fires before this stream time
 
     def update(self, probabilities: Sequence[float] | FloatArray, time_s: float) -> tuple[FloatArray, list[Detection]]:
         """Add one window's probabilities (centred at ``time_s``); return the smoothed scores and events."""
@@ -103,12 +111,18 @@ class Postprocessor:
     def _detect(self, smoothed: npt.NDArray[np.float64], time_s: float) -> list[Detection]:
         c = self.config
         self._armed |= smoothed < c.release_threshold
+        if self._holding is not None and smoothed[self._holding] < c.release_threshold:
+            self._quiet_until = time_s + c.holdoff_s
+            self._holding = None
+        held = self._holding is not None or time_s < self._quiet_until
         above = (smoothed >= c.threshold) & self._armed & self._can_fire
         events: list[Detection] = []
-        for i in np.flatnonzero(above):
+        for i in sorted(np.flatnonzero(above), key=lambda k: -smoothed[k]):
             self._armed[i] = False  # fire or absorb: either way the class must fall below release first
-            if time_s - self._last_event[i] >= c.refractory_s:
+            if not held and time_s - self._last_event[i] >= c.refractory_s:
                 self._last_event[i] = time_s
+                self._holding = int(i)
+                held = True  # one event per window: the strongest crossing is a word, the rest its echo
                 events.append(Detection(label=c.labels[i], score=float(smoothed[i]), time_s=time_s))
         return events
 

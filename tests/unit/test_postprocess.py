@@ -21,6 +21,7 @@ def config(**overrides: float) -> PostprocessConfig:
         "threshold": 0.6,
         "release_threshold": 0.3,
         "refractory_s": 1.0,
+        "holdoff_s": 0.0,
         **overrides,
     }
     return PostprocessConfig(
@@ -30,6 +31,7 @@ def config(**overrides: float) -> PostprocessConfig:
         threshold=values["threshold"],
         release_threshold=values["release_threshold"],
         refractory_s=values["refractory_s"],
+        holdoff_s=values["holdoff_s"],
     )
 
 
@@ -139,3 +141,26 @@ def test_clip_answer_is_the_most_confident_foreground_window() -> None:
 def test_clip_of_only_background_is_the_mean() -> None:
     p = np.array([[0.1, 0.0, 0.9], [0.3, 0.1, 0.6]], dtype=np.float32)
     np.testing.assert_allclose(aggregate_clip(p, LABELS, {"_silence_"}), p.mean(axis=0))
+
+
+def _fired(post: Postprocessor, rows: list[list[float]]) -> list[tuple[str, float]]:
+    return [(e.label, round(e.time_s, 1)) for k, p in enumerate(rows) for e in post.update(p, k * HOP_S)[1]]
+
+
+def test_the_tail_of_a_word_read_as_another_word_is_absorbed() -> None:
+    """'yes' sliding out of the window reads as 'no' for a few hops, right as 'yes' releases."""
+    post = Postprocessor(config(smoothing_windows=1, holdoff_s=0.3))
+    rows = [[0.0, 0.0, 1.0], [0.9, 0.0, 0.1], [0.9, 0.0, 0.1], [0.2, 0.1, 0.7], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]]
+    assert _fired(post, rows) == [("yes", 0.1)]
+
+
+def test_another_word_after_the_hold_off_fires() -> None:
+    post = Postprocessor(config(smoothing_windows=1, holdoff_s=0.3))
+    rows = [[0.9, 0.0, 0.1], [0.1, 0.0, 0.9], *silence(3), [0.0, 0.9, 0.1]]
+    assert _fired(post, rows) == [("yes", 0.0), ("no", 0.5)]
+
+
+def test_a_second_word_inside_the_hold_off_is_absorbed() -> None:
+    post = Postprocessor(config(smoothing_windows=1, holdoff_s=0.3))
+    rows = [[0.9, 0.0, 0.1], [0.1, 0.0, 0.9], [0.0, 0.9, 0.1]]
+    assert _fired(post, rows) == [("yes", 0.0)]
