@@ -60,6 +60,18 @@ bench: $(DEV_STAMP) system-deps  ## Streams per server core vs raw onnxruntime a
 bench-quick: $(DEV_STAMP) system-deps  ## The benchmark's quick mode (under 2 minutes)
 	$(BIN)/python loadtest/bench.py --quick $(BENCH_ARGS)
 
+SOAK_SECONDS ?= 600
+FUZZ_SECONDS ?= 600
+
+.PHONY: soak
+soak: $(DEV_STAMP)  ## Soak a real server: load, disconnects, hostile clients, reloads (10 min; SOAK_SECONDS=60)
+	$(BIN)/python -m loadtest.soak --duration $(SOAK_SECONDS)
+
+.PHONY: fuzz
+fuzz: $(DEV_STAMP)  ## Fuzz request handling with atheris (10 min; FUZZ_SECONDS=60); crashes in loadtest/.cache/fuzz/
+	mkdir -p loadtest/.cache/fuzz
+	$(BIN)/python -m tests.fuzz.fuzz_requests -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=loadtest/.cache/fuzz/
+
 .PHONY: proto
 proto: $(DEV_STAMP)  ## Regenerate service/api from proto/
 	$(BIN)/python proto/generate.py
