@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,13 +205,17 @@ class Level:
     cpu_s: float = 0.0
     rss_bytes: int = 0
     send_lag_p99_ms: float = 0.0
+    reported: dict[float, float] | None = None  # percentiles computed by an external client
 
     def pct(self, q: float) -> float:
+        if self.reported is not None:
+            return self.reported.get(q, math.inf)
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else math.inf
 
     @property
     def ok(self) -> bool:
-        return self.errors == 0 and bool(self.latencies_ms) and self.pct(99) <= P99_LIMIT_MS
+        measured = bool(self.latencies_ms) or (self.reported is not None and self.windows > 0)
+        return self.errors == 0 and measured and self.pct(99) <= P99_LIMIT_MS
 
     @property
     def cpu_per_stream_s(self) -> float:
@@ -339,13 +343,18 @@ async def max_streams(
     seconds: float,
     steps: int,
     log: Callable[[str], None],
+    measure: Callable[[int], Awaitable[Level]] | None = None,
 ) -> tuple[int, list[Level]]:
-    """Double from ``start`` until a level fails, then bisect ``steps`` times. Returns the best passing N."""
+    """Double from ``start`` until a level fails, then bisect ``steps`` times. Returns the best passing N.
+    ``measure(n)`` replaces the gRPC streaming load (the MLServer peer has its own client)."""
     levels: list[Level] = []
 
     async def trial(n: int) -> bool:
         for attempt in range(2):
-            level = await run_level(server, n, chunks, warmup_s, seconds)
+            if measure is not None:
+                level = await measure(n)
+            else:
+                level = await run_level(server, n, chunks, warmup_s, seconds)
             levels.append(level)
             log(f"    {n:5d} streams: {'pass' if level.ok else 'FAIL'} {level.summary()}")
             await asyncio.sleep(0.5)  # let the server finish ending the streams
@@ -433,6 +442,126 @@ def raw_ort(version_dir: Path, frames: int, mels: int, seconds: float) -> dict[i
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return {int(k): v for k, v in json.loads(out.stdout).items()}
+
+
+# The MLServer peer -----------------------------------------------------------------------------------------
+
+MLSERVER_VENV = Path(__file__).resolve().parent / ".venv-mlserver"
+MLSERVER_PY = MLSERVER_VENV / "bin" / "python"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its descendants (MLServer may fork helpers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                f = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(entry.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)
+    total, frontier = 0.0, {pid}
+    while frontier:
+        total += sum(stats[p][1] for p in frontier if p in stats)
+        frontier = {c for c, (ppid, _) in stats.items() if ppid in frontier}
+    return total
+
+
+async def mlserver_peer(
+    version_dir: Path,
+    manifest: dict[str, Any],
+    warmup: float,
+    seconds: float,
+    steps: int,
+    cap: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """MLServer 1.x (its own venv) on core 0 serving the same ONNX model with adaptive batching; a client on
+    core 1 sends each stream's latest window of features as one ModelInfer per hop. Same pass criterion."""
+    from service.frontend import FrontendConfig, LogMel
+
+    frames = LogMel(FrontendConfig(**manifest["frontend"])).frames(speech(0.25))
+    w, hop = manifest["window_frames"], manifest["hop_frames"]
+    windows = np.stack([frames[i : i + w] for i in range(0, frames.shape[0] - w + 1, hop)])
+    npy = CACHE / f"windows_{manifest['name']}.npy"
+    np.save(npy, windows)
+    with tempfile.TemporaryDirectory(prefix="hark-mlserver-") as tmp:
+        root = Path(tmp)
+        grpc_port = _free_port()
+        settings = {"http_port": _free_port(), "grpc_port": grpc_port, "metrics_port": _free_port(),
+                    "parallel_workers": 0, "debug": False}  # fmt: skip
+        (root / "settings.json").write_text(json.dumps(settings))
+        model = root / "keywords"
+        model.mkdir()
+        shutil.copy(Path(__file__).resolve().parent / "mlserver" / "runtime.py", model / "runtime.py")
+        (model / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": "keywords",
+                    "implementation": "runtime.OnnxClassifier",
+                    "parameters": {"uri": str(version_dir / "model.onnx")},
+                    "max_batch_size": 32,
+                    "max_batch_time": 0.002,
+                }
+            )
+        )
+        proc = subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CORE), str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = Server(proc, f"127.0.0.1:{grpc_port}")
+        address = server.address
+
+        async def measure(n: int, w_s: float = warmup, s_s: float = seconds) -> Level:
+            cpu0, t0 = _tree_cpu_s(proc.pid), time.monotonic()
+            client = Path(__file__).resolve().parent / "mlserver_client.py"
+            argv = ["taskset", "-c", str(CLIENT_CORE), str(MLSERVER_PY), str(client), address, str(npy)]
+            out = await asyncio.create_subprocess_exec(
+                *argv, str(n), str(w_s), str(s_s), stdout=asyncio.subprocess.PIPE
+            )
+            stdout, _ = await out.communicate()
+            elapsed = time.monotonic() - t0
+            level = Level(n, s_s)
+            level.cpu_s = (_tree_cpu_s(proc.pid) - cpu0) * s_s / max(elapsed, 1e-9)  # scaled to the measured span
+            level.rss_bytes = server.rss()
+            try:
+                r = json.loads(stdout.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                level.errors = n
+                return level
+            level.errors = int(r["errors"])
+            level.windows = int(r["requests"])
+            level.send_lag_p99_ms = float(r["client_send_lag_p99_ms"])
+            level.reported = {50: r["p50_ms"], 95: r["p95_ms"], 99: r["p99_ms"]}
+            return level
+
+        try:
+            deadline = time.monotonic() + 90
+            ready = False
+            while time.monotonic() < deadline and not ready:
+                await asyncio.sleep(1.0)
+                probe = await measure(1, 0.0, 0.3)
+                ready = probe.errors == 0 and probe.windows > 0
+            if not ready:
+                return {"error": "MLServer did not answer within 90 s"}
+            best, levels = await max_streams(
+                server, [], start=8, cap=cap, warmup_s=warmup, seconds=seconds, steps=steps, log=log, measure=measure
+            )
+            out: dict[str, Any] = {"max_streams": best, "levels": [lv.summary() for lv in levels]}
+            top = next((lv for lv in reversed(levels) if lv.streams == best and lv.ok), None)
+            if top is not None:
+                out["cpu_s_per_stream_s"] = top.cpu_per_stream_s
+            return out
+        finally:
+            server.stop()
 
 
 # Main ------------------------------------------------------------------------------------------------------
@@ -569,6 +698,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             gating[f"{label}_cpu_s_per_stream_s"] = float(np.median([x["cpu_s_per_stream_s"] for x in gating[label]]))
         result["gating"] = gating
 
+    if MLSERVER_PY.exists() and not args.no_mlserver:
+        log("MLServer peer (adaptive batching, one OIP request per stream per hop) ...")
+        result["mlserver"] = await mlserver_peer(version_dir, manifest, warmup, seconds, steps, args.cap, log)
+
     log("naive baseline ...")
     server = naive_server(version_dir)
     try:
@@ -620,6 +753,25 @@ def table(r: dict[str, Any]) -> str:
                     f"{lv['p50_ms']:.1f} / {lv['p95_ms']:.1f} / {lv['p99_ms']:.1f}",
                     "errors",
                     str(lv["errors"]),
+                )
+            )
+    if (ml := r.get("mlserver")) and "max_streams" in ml:
+        n = ml["max_streams"]
+        rows.append(
+            (
+                "MLServer, adaptive batching, OIP request per hop",
+                f"{n}",
+                "Hark / MLServer",
+                f"{best / n:.1f}x" if n else "n/a",
+            )
+        )
+        if ml.get("cpu_s_per_stream_s") and h.get("cpu_s_per_stream_s"):
+            rows.append(
+                (
+                    "MLServer CPU per stream-second (at its max)",
+                    f"{ml['cpu_s_per_stream_s'] * 1000:.2f} ms",
+                    "MLServer / Hark",
+                    f"{ml['cpu_s_per_stream_s'] / h['cpu_s_per_stream_s']:.1f}x",
                 )
             )
     naive_cpu = r["naive"].get("cpu_s_per_stream_s")
@@ -679,6 +831,7 @@ def main() -> int:
     parser.add_argument("--start", type=int, default=32, help="first load level (streams)")
     parser.add_argument("--cap", type=int, default=4096, help="highest load level tried")
     parser.add_argument("--no-gating", dest="gate_setting", action="store_false", help="skip gating on/off")
+    parser.add_argument("--no-mlserver", action="store_true", help="skip the MLServer peer (loadtest/.venv-mlserver)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if shutil.which("taskset") is None or shutil.which("espeak-ng") is None:
@@ -688,6 +841,8 @@ def main() -> int:
         from service.config import Settings
 
         args.gate_setting = "gate_dbfs" in Settings.model_fields
+    # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = asyncio.run(bench(args))
     text = table(result)
     print()
