@@ -72,6 +72,11 @@ fuzz: $(DEV_STAMP)  ## Fuzz request handling with atheris (10 min; FUZZ_SECONDS=
 	mkdir -p loadtest/.cache/fuzz
 	$(BIN)/python -m tests.fuzz.fuzz_requests -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=loadtest/.cache/fuzz/
 
+.PHONY: bench-peers
+bench-peers:  ## Create loadtest/.venv-mlserver (MLServer pins protobuf 6: its own venv) so make bench adds the MLServer peer
+	$(PYTHON) -m venv loadtest/.venv-mlserver
+	loadtest/.venv-mlserver/bin/pip install --quiet mlserver onnxruntime
+
 .PHONY: proto
 proto: $(DEV_STAMP)  ## Regenerate service/api from proto/
 	$(BIN)/python proto/generate.py

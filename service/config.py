@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     gate_dbfs: float | None = Field(
         -60.0,
         description="Energy gate: a stream window whose loudest 10 ms frame is below this level (dBFS) is scored "
-        "as silence without a model call (WindowScores.gated); -inf or null = off.",
+        "as silence without a model call (WindowScores.gated); -inf (or null in the config file) = off.",
     )
 
     # Metrics, drift and control-set checks
