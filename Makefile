@@ -73,9 +73,12 @@ fuzz: $(DEV_STAMP)  ## Fuzz request handling with atheris (10 min; FUZZ_SECONDS=
 	$(BIN)/python -m tests.fuzz.fuzz_requests -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=loadtest/.cache/fuzz/
 
 .PHONY: bench-peers
-bench-peers:  ## Create loadtest/.venv-mlserver (MLServer pins protobuf 6: its own venv) so make bench adds the MLServer peer
+bench-peers:  ## Venvs for the peers make bench adds: MLServer (pins protobuf 6), openWakeWord (no tflite)
 	$(PYTHON) -m venv loadtest/.venv-mlserver
 	loadtest/.venv-mlserver/bin/pip install --quiet mlserver onnxruntime
+	$(PYTHON) -m venv loadtest/.venv-oww
+	loadtest/.venv-oww/bin/pip install --quiet --no-deps openwakeword==0.5.1
+	loadtest/.venv-oww/bin/pip install --quiet onnxruntime scipy scikit-learn tqdm numpy
 
 .PHONY: proto
 proto: $(DEV_STAMP)  ## Regenerate service/api from proto/

@@ -448,6 +448,7 @@ def raw_ort(version_dir: Path, frames: int, mels: int, seconds: float) -> dict[i
 
 MLSERVER_VENV = Path(__file__).resolve().parent / ".venv-mlserver"
 MLSERVER_PY = MLSERVER_VENV / "bin" / "python"
+OWW_PY = Path(__file__).resolve().parent / ".venv-oww" / "bin" / "python"
 
 
 def _free_port() -> int:
@@ -702,6 +703,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         log("MLServer peer (adaptive batching, one OIP request per stream per hop) ...")
         result["mlserver"] = await mlserver_peer(version_dir, manifest, warmup, seconds, steps, args.cap, log)
 
+    if OWW_PY.exists() and not args.no_mlserver:
+        log("openWakeWord CPU per stream-second (hey_jarvis, onnx, 80 ms chunks) ...")
+        out = await asyncio.create_subprocess_exec(
+            "taskset", "-c", str(SERVER_CORE), str(OWW_PY), str(Path(__file__).resolve().parent / "oww_cost.py"),
+            str(CACHE / "speech_25.npy"), "8", "5" if quick else "15", stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, _ = await out.communicate()
+        with contextlib.suppress(ValueError, IndexError):
+            result["openwakeword"] = json.loads(stdout.decode().strip().splitlines()[-1])
+            log(f"    {result['openwakeword']}")
+
     log("naive baseline ...")
     server = naive_server(version_dir)
     try:
@@ -774,6 +786,15 @@ def table(r: dict[str, Any]) -> str:
                     f"{ml['cpu_s_per_stream_s'] / h['cpu_s_per_stream_s']:.1f}x",
                 )
             )
+    if (oww := r.get("openwakeword")) and h.get("cpu_s_per_stream_s"):
+        rows.append(
+            (
+                "openWakeWord 0.5.1 CPU per stream-second (80 ms chunks, one wake word)",
+                f"{oww['cpu_s_per_stream_s'] * 1000:.2f} ms",
+                "openWakeWord / Hark",
+                f"{oww['cpu_s_per_stream_s'] / h['cpu_s_per_stream_s']:.1f}x",
+            )
+        )
     naive_cpu = r["naive"].get("cpu_s_per_stream_s")
     if "cpu_s_per_stream_s" in h:
         rows.append(
