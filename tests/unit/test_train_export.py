@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from service.audio import read_audio
 from service.frontend import FrontendConfig, LogMel
 from service.model_store import load_version, read_manifest, sha256_file
+from tests.fixtures_data import PER_SPLIT, write_tone_dataset
 from training import export as export_mod
 from training.config import AugmentConfig, TrainConfig, load_config
 from training.data import LABELS
@@ -35,39 +35,11 @@ from training.train import (
 )
 
 SR = 16_000
-PER_SPLIT = {"train": 5, "val": 2, "test": 2}
-
-
-def _clip(label_index: int, rng: np.random.Generator) -> np.ndarray:
-    """A one-second clip a CNN tells apart in two epochs: a tone per label (silence: noise only)."""
-    t = np.arange(SR) / SR
-    noise = rng.normal(0.0, 0.01, SR)
-    if LABELS[label_index] == "_silence_":
-        return noise
-    freq = 200.0 * (label_index + 1) * rng.uniform(0.97, 1.03)
-    onset = int(rng.integers(0, SR // 4))
-    tone = np.where((t * SR >= onset) & (t * SR < onset + SR // 2), 0.3 * np.sin(2 * np.pi * freq * t), 0.0)
-    return tone + noise
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, label in enumerate(LABELS):
-        (root / label).mkdir()
-        for split, n in PER_SPLIT.items():
-            for k in range(n):
-                rel = f"{label}/{split}_{k}.wav"
-                sf.write(root / rel, np.clip(_clip(i, rng), -1, 1), SR, subtype="PCM_16")
-                rows.append({"path": rel, "label": label, "split": split, "voice": f"v-{split}", "source": "test"})
-    path = root / "manifest.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "split", "voice", "source"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_tone_dataset(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
