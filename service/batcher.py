@@ -111,6 +111,11 @@ class Batcher:
     def idle(self) -> bool:
         return self._queue.empty() and not self._inflight
 
+    @property
+    def queued(self) -> int:
+        """Windows waiting for a batch: never more than ``max_queue``; beyond it, submitters wait."""
+        return self._queue.qsize()
+
     def cancel(self) -> None:
         """Stop at once: queued and running windows fail with :class:`InferenceError`."""
         self._closed = True

@@ -3,7 +3,8 @@ failed stream held, and logs no bug for what clients do.
 
 * Connections cut mid-chunk, mid-batch and mid-response (a TCP proxy that drops the connection at a byte).
 * Backpressure: a client that blasts audio while not reading is held back by flow control, a client
-  that never reads is ended without holding its slot, and neither slows a normal stream down.
+  that never reads is ended without holding its slot, and neither slows a normal stream down; a full
+  batcher queue makes submitters wait instead of growing.
 * A model version replaced under 100 live streams; broken versions published under a live stream.
 * SIGTERM under load: health NOT_SERVING, new calls refused, running streams finish, exit 0.
 
@@ -21,8 +22,10 @@ import json
 import resource
 import shutil
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -33,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadtest.soak import TINY_WINDOW, ServerProcess, endless_audio, refusal_status
 from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
 from service.audio import encode_pcm
+from service.batcher import Batcher
 from service.model_store import MODEL_FILE, sha256_file
 from service.server import RETRY_PUSHBACK_MS
 from service.session import StreamSession
@@ -383,6 +387,28 @@ async def test_at_the_stream_limit_the_refusal_carries_a_retry_hint_a_client_can
         result = await retried
         assert result.code == OK, result.details
         assert time.monotonic() - started >= RETRY_PUSHBACK_MS / 1000 * 0.9
+
+
+async def test_a_full_batcher_queue_holds_submitters_back_and_drops_nothing() -> None:
+    """The queue between streams and the model is bounded: when inference falls behind, submitters wait
+    (and through them, gRPC flow control holds their clients); every window is still scored, in order."""
+    gate = threading.Event()
+
+    def slow_model(batch: np.ndarray) -> np.ndarray:
+        gate.wait(10)
+        return batch[:, 0, :1].astype(np.float32)
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        batcher = Batcher(slow_model, executor=executor, max_batch=2, max_delay_s=0.0, max_queue=4)
+        windows = [np.full((4, 3), float(k), np.float32) for k in range(40)]
+        results = asyncio.ensure_future(asyncio.gather(*(batcher.submit(w) for w in windows)))
+        await asyncio.sleep(0.2)
+        assert batcher.queued == 4  # full, not growing: the other submitters wait
+        assert not results.done()
+        gate.set()
+        scores = await asyncio.wait_for(results, 10)
+        await batcher.close()
+    assert [float(s[0]) for s in scores] == [float(k) for k in range(40)]
 
 
 async def test_a_unary_deadline_is_honoured(hark: Hark) -> None:
