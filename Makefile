@@ -62,6 +62,7 @@ bench-quick: $(DEV_STAMP) system-deps  ## The benchmark's quick mode (under 2 mi
 
 SOAK_SECONDS ?= 600
 FUZZ_SECONDS ?= 600
+MEMORY_MINUTES ?= 10
 
 .PHONY: soak
 soak: $(DEV_STAMP)  ## Soak a real server: load, disconnects, hostile clients, reloads (10 min; SOAK_SECONDS=60)
@@ -71,6 +72,10 @@ soak: $(DEV_STAMP)  ## Soak a real server: load, disconnects, hostile clients, r
 fuzz: $(DEV_STAMP)  ## Fuzz request handling with atheris (10 min; FUZZ_SECONDS=60); crashes in loadtest/.cache/fuzz/
 	mkdir -p loadtest/.cache/fuzz
 	$(BIN)/python -m tests.fuzz.fuzz_requests -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=loadtest/.cache/fuzz/
+
+.PHONY: memory
+memory: $(DEV_STAMP) system-deps  ## Server RSS over time under 40 real-time streams (10 min; MEMORY_MINUTES=2)
+	$(BIN)/python loadtest/memory.py --minutes $(MEMORY_MINUTES)
 
 .PHONY: bench-peers
 bench-peers:  ## Venvs for the peers make bench adds: MLServer (pins protobuf 6), openWakeWord (no tflite)
