@@ -11,6 +11,7 @@ import ast
 import asyncio
 import base64
 import datetime as dt
+import hmac
 import ipaddress
 import os
 import secrets
@@ -336,6 +337,25 @@ def test_tokens_are_verified_whatever_their_length_and_parsed_strictly() -> None
     with pytest.raises(ValueError, match="characters that cannot travel"):
         parse_tokens("has a space in it but is long", "test")
     assert bearer_token([("authorization", f"Bearer {TOKEN}"), ("authorization", f"Bearer {TOKEN}")])[0] is None
+
+
+def test_tokens_are_compared_in_constant_time_against_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timing must not tell how much of a guess was right, how long the token is, or which token matched:
+    every check compares fixed-length digests with ``hmac.compare_digest``, against every token, no early exit."""
+    compared: list[tuple[int, int]] = []
+
+    def recording_compare(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real_compare(a, b)
+
+    real_compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", recording_compare)
+    third = "tok-" + secrets.token_hex(24)
+    verifier = TokenVerifier([TOKEN, OTHER_TOKEN, third])
+    for presented, valid in [(TOKEN, True), (third, True), (TOKEN[:5], False), ("x" * 10_000, False), ("", False)]:
+        compared.clear()
+        assert verifier.verify(presented) is valid
+        assert compared == [(32, 32)] * 3, presented[:8]
 
 
 def test_settings_never_show_the_tokens() -> None:
