@@ -122,7 +122,8 @@ class HarkMetrics:
         )
         self.errors = Counter(
             "hark_errors_total",
-            "Calls the servicer ended with a non-OK gRPC status, by status code (not client cancellations).",
+            "Calls Hark ended with a non-OK gRPC status, by status code: the servicer's and its interceptors' "
+            "refusals (not client cancellations or deadlines, nor what the transport refuses before Hark sees it).",
             ["code"],
             registry=r,
         )

@@ -166,6 +166,13 @@ def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> tuple[str | None
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+# Told the status code of every call an interceptor refuses: these calls never reach the servicer, which
+# counts every other refusal in hark_errors_total.
+RefusalObserver = Callable[[str], None]
+
+
+def _ignore_refusal(code: str) -> None:
+    pass
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -193,9 +200,15 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, mes
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """``UNAUTHENTICATED`` for any call without a valid bearer token, except the exempt method prefixes."""
 
-    def __init__(self, verifier: TokenVerifier, exempt_prefixes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        exempt_prefixes: Sequence[str] = (),
+        on_refusal: RefusalObserver = _ignore_refusal,
+    ) -> None:
         self._verifier = verifier
         self._exempt = tuple(exempt_prefixes)
+        self._on_refusal = on_refusal
         self.refused = 0
 
     async def intercept_service(
@@ -213,6 +226,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED either way
             return None
         self.refused += 1
+        self._on_refusal(grpc.StatusCode.UNAUTHENTICATED.name)
         log.info("request refused", code="UNAUTHENTICATED", method=method, error=reason)  # never the token
         return _refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, reason)
 
@@ -232,6 +246,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
     placeholder and refuses it. Streaming requests are parsed by ``context.read()``, where the servicer
     catches the error itself.
     """
+
+    def __init__(self, on_refusal: RefusalObserver = _ignore_refusal) -> None:
+        self._on_refusal = on_refusal
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -254,6 +271,7 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Malformed):
                 message = f"the request is not a valid {what} (malformed protobuf)"
+                self._on_refusal(grpc.StatusCode.INVALID_ARGUMENT.name)
                 log.info("request refused", code="INVALID_ARGUMENT", method=method, error=message)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             return await behaviour(request, context)
@@ -263,16 +281,19 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
         return grpc.unary_unary_rpc_method_handler(guarded, tolerant, handler.response_serializer)
 
 
-def server_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors ``start_server`` installs: token auth (first, when configured), then the request guard."""
+def server_interceptors(
+    settings: Settings, on_refusal: RefusalObserver = _ignore_refusal
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors ``start_server`` installs: token auth (first, when configured), then the request guard;
+    each tells ``on_refusal`` the code of every call it refuses."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     tokens = load_tokens(settings)
     if tokens:
         exempt = [HEALTH_PREFIX] if settings.auth_exempt_health else []
         if settings.auth_exempt_reflection:
             exempt += REFLECTION_PREFIXES
-        interceptors.append(TokenAuthInterceptor(TokenVerifier(tokens), exempt))
-    interceptors.append(MalformedRequestInterceptor())
+        interceptors.append(TokenAuthInterceptor(TokenVerifier(tokens), exempt, on_refusal))
+    interceptors.append(MalformedRequestInterceptor(on_refusal))
     return interceptors
 
 

@@ -411,6 +411,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             with contextlib.suppress(grpc.aio.BaseError):  # AbortError once sent; any error if the client left
                 await context.abort(code, message)
 
+        self.metrics.error(code.name)
         task = asyncio.get_running_loop().create_task(send())
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
@@ -621,15 +622,15 @@ def _log_report(report: RefreshReport) -> None:
 async def start_server(settings: Settings) -> RunningServer:
     """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
     configure_logging(settings.log_format, settings.log_level)
-    try:  # before any model loads: a security setting that cannot work stops the start at once
-        interceptors = server_interceptors(settings)
-        credentials = server_credentials(settings)
-    except SecurityError as e:
-        raise StartupError(str(e)) from e
     store = ModelStore(
         settings.model_store, default_model=settings.default_model, intra_op_threads=settings.intra_op_threads
     )
     metrics = HarkMetrics(store, drift_window_s=settings.drift_window_s)
+    try:  # before any model loads: a security setting that cannot work stops the start at once
+        interceptors = server_interceptors(settings, on_refusal=metrics.error)
+        credentials = server_credentials(settings)
+    except SecurityError as e:
+        raise StartupError(str(e)) from e
     report = await asyncio.to_thread(store.refresh)
     _log_report(report)
     metrics.on_refresh(report)

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from loadtest.soak import TINY_WINDOW, endless_audio, refusal_status
 from service.api.hark.v1 import hark_pb2
 from service.audio import encode_pcm
 from service.config import Settings
@@ -102,6 +103,32 @@ async def test_traffic_counters_match_what_the_client_saw(observed: Hark) -> Non
     for name, labels in label_sets(text):
         assert name.startswith(("hark_", "process_", "python_")), name
         assert "stream_id" not in labels
+
+
+async def test_errors_count_every_refusal_also_those_made_before_the_servicer(
+    start_hark: StartHark, observed_store: Path
+) -> None:
+    """A missing token and a malformed request are refused by interceptors before the servicer runs, and a
+    stream whose responses go unread is ended without waiting for its status to be delivered: each is still
+    a call Hark ended with an error, counted under its code."""
+    token = "tok-" + "5" * 32
+    bearer = (("authorization", f"Bearer {token}"),)
+    h = await start_hark(observed_store, auth_tokens=token, idle_timeout_s=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+        await h.stub.ListModels(hark_pb2.ListModelsRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await h.channel.unary_unary("/hark.v1.Classifier/Classify")(b"\x0a\xff\xff\xff\xff\x0f", metadata=bearer)
+    stalled, _, _ = await asyncio.to_thread(
+        refusal_status, h.address, endless_audio(), options=TINY_WINDOW, metadata=bearer, read_after_s=2.0
+    )
+    assert (unauthenticated.value.code(), malformed.value.code(), stalled) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+    text = await scrape(h)
+    for code in ("UNAUTHENTICATED", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED"):
+        assert value(text, "hark_errors_total", code=code) == 1, code
 
 
 async def test_active_streams_counts_open_streams(observed: Hark) -> None:
