@@ -31,6 +31,7 @@ from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -535,6 +536,22 @@ def test_compose_paths_agree_with_prometheus_and_grafana_configs() -> None:
         for provider in yaml.safe_load(path.read_text())["providers"]
     ]
     assert providers and all(p["options"]["path"] == dashboards_in_container for p in providers)
+
+
+def test_grafana_provisions_the_compose_prometheus_as_the_dashboards_default_source() -> None:
+    """Grafana's provisioned data source reaches the Prometheus of the compose file, and it is of the type the
+    dashboard's data source variable offers, so the dashboard opens on data without any clicking."""
+    (source,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    url = urlsplit(source["url"])
+    prometheus = compose()["services"]["prometheus"]
+    assert url.hostname == "prometheus" and f"{url.port}:{url.port}" in prometheus["ports"], source["url"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "hark.json").read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == source["type"]
+    assert variable["current"]["value"] == source["uid"]
 
 
 def test_envoy_image_is_the_envoy_the_suite_validates_with() -> None:
