@@ -239,6 +239,15 @@ def test_readme_documents_every_metric(store: ModelStore, model: LoadedModel) ->
         assert f"`{rule['alert']}`" in section, f"alert {rule['alert']} is not described in the README"
 
 
+def test_readme_lists_the_dashboard_rows_in_order() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/hark.json").read_text())
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("### Dashboard")
+    section = readme[start : readme.index("\n## ", start)]
+    assert re.findall(r"^- ([\w ]+):", section, re.MULTILINE) == rows
+
+
 def test_every_alert_has_a_promtool_test() -> None:
     rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
     tests = yaml.safe_load((REPO / "deploy/prometheus/alerts_test.yml").read_text())
