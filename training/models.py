@@ -6,7 +6,7 @@ server computes and nothing about preprocessing can drift between training and s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -122,9 +122,128 @@ class DSCNN(nn.Module):
         return out
 
 
+class AttentionPool(nn.Module):
+    """Weighted mean over time ``[B, T, D] -> [B, D]``, the weights a learned softmax over frames.
+
+    A keyword fills a fraction of the window; attention lets the frames that hold it dominate, where a
+    plain mean would dilute them with the silence around.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.score(x), dim=1)
+        return (weights * x).sum(dim=1)
+
+
+class CRNN(nn.Module):
+    """Conv front, bidirectional GRU over time, attention pooling, linear head.
+
+    The conv front halves time once (49 steps for the GRU) and folds the Mel bands down to
+    ``n_mels / 2 ** len(freq_strides)`` per channel, so the GRU input stays small: about 100 k
+    parameters with the defaults, most of them in the GRU.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        n_frames: int,
+        n_mels: int,
+        channels: int = 32,
+        hidden: int = 64,
+        freq_strides: int = 3,
+        dropout: float = 0.2,
+        norm: Norm = "utterance",
+    ) -> None:
+        super().__init__()
+        del n_frames  # the GRU and the pooling take any number of frames
+        self.norm = InputNorm(n_mels, norm)
+        layers: list[nn.Module] = [_conv_bn(1, channels, (3, 3), stride=(2, 2))]
+        layers += [_conv_bn(channels, channels, (3, 3), stride=(1, 2)) for _ in range(freq_strides - 1)]
+        self.front = nn.Sequential(*layers)
+        bands = n_mels
+        for _ in range(freq_strides):
+            bands = (bands + 1) // 2  # a stride-2 conv with padding 1 and kernel 3 rounds up
+        self.gru = nn.GRU(channels * bands, hidden, batch_first=True, bidirectional=True)
+        self.pool = AttentionPool(2 * hidden)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.front(self.norm(x))  # [B, C, T', F']
+        steps = maps.permute(0, 2, 1, 3).flatten(2)  # [B, T', C * F']
+        sequence, _ = self.gru(steps)
+        out: torch.Tensor = self.head(self.pool(sequence))
+        return out
+
+
+class TemporalBlock(nn.Module):
+    """Two dilated 1-D convs (batch norm, ReLU) with a residual connection; length preserved."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        padding = dilation * (kernel - 1) // 2
+        self.body = nn.Sequential(
+            nn.Conv1d(channels, channels, kernel, padding=padding, dilation=dilation, bias=False),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv1d(channels, channels, kernel, padding=padding, dilation=dilation, bias=False),
+            nn.BatchNorm1d(channels),
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.relu(x + self.body(x))
+        return out
+
+
+class TCN(nn.Module):
+    """A temporal convolutional network (after Bai et al. 2018): Mel bands as channels, dilated residual blocks.
+
+    Non-causal (the whole window is classified at once); dilations 1, 2, 4, 8 with kernel 3 see
+    61 frames (0.6 s) at the top, and global average pooling over time makes the head tiny.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        n_frames: int,
+        n_mels: int,
+        channels: int = 64,
+        kernel: int = 3,
+        dilations: Sequence[int] = (1, 2, 4, 8),
+        dropout: float = 0.1,
+        norm: Norm = "utterance",
+    ) -> None:
+        super().__init__()
+        del n_frames  # global pooling makes the model independent of the window length
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd so that blocks keep the length, got {kernel}")
+        self.norm = InputNorm(n_mels, norm)
+        self.stem = nn.Sequential(
+            nn.Conv1d(n_mels, channels, 1, bias=False), nn.BatchNorm1d(channels), nn.ReLU(inplace=True)
+        )
+        self.blocks = nn.Sequential(*(TemporalBlock(channels, kernel, d, dropout) for d in dilations))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bands = self.norm(x).squeeze(1).transpose(1, 2)  # [B, n_mels, T]: bands are channels
+        out: torch.Tensor = self.head(self.blocks(self.stem(bands)))
+        return out
+
+
 Factory = Callable[..., nn.Module]
 
-ARCHITECTURES: dict[str, Factory] = {"cnn": SeedCNN, "dscnn": DSCNN}
+ARCHITECTURES: dict[str, Factory] = {
+    "cnn": SeedCNN,
+    "dscnn": DSCNN,
+    "crnn": CRNN,
+    "tcn": TCN,
+}
 
 
 def build_model(
