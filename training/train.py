@@ -384,9 +384,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     parser.add_argument("--name", help="Run name (default keywords)")
     parser.add_argument("--epochs", type=int, help="Number of epochs")
     parser.add_argument("--seed", type=int, help="Seed for initialisation, shuffling and augmentation")
-    parser.add_argument(
-        "--arch", choices=sorted(ARCHITECTURES), help="Architecture: cnn (seed CNN) or dscnn (depthwise-separable CNN)"
-    )
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="Architecture in training.models.ARCHITECTURES")
     parser.add_argument(
         "--build-data", action="store_true", help="Build the data set first (training.data) if the manifest is missing"
     )
