@@ -41,6 +41,7 @@ DEFAULT_SERVER: Final = "127.0.0.1:50051"  # == service.client.DEFAULT_SERVER, k
 DEFAULT_METRICS_SERVER: Final = "127.0.0.1:9100"  # Settings.metrics_host:metrics_port
 SAMPLE_RATES: Final = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)  # == audio.SUPPORTED_...
 TRAIN_EXTRA_HINT: Final = "install the training extra: pip install 'hark[train]'"
+CLASSIFY_LEVEL_DBFS: Final = -15.0  # == preprocess.DEFAULT_PEAK_DBFS, kept here to avoid the import
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -92,6 +93,16 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 
     parse.__name__ = "integer"
     return parse
+
+
+def _level_dbfs(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (x <= 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{value} is not a level in dB full scale (at most 0)")
+    return x
 
 
 def _positive_float(value: str) -> float:
@@ -255,6 +266,30 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
     classify.add_argument("paths", nargs="+", metavar="FILE", help="audio files (WAV/FLAC, any rate and format)")
     classify.add_argument(
         "--timeout", type=_positive_float, default=30.0, metavar="S", help="deadline per call (default: %(default)s)"
+    )
+    prepare = classify.add_argument_group(
+        "preprocessing (service.preprocess, as the training clips were made: trimmed words, peak-normalised)"
+    )
+    prepare.add_argument(
+        "--trim",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cut leading and trailing silence (10 ms frames 40 dB below the loudest) before sending, so the "
+        "server centres the word in its window as training did (default: on)",
+    )
+    prepare.add_argument(
+        "--normalize",
+        choices=("none", "peak", "rms"),
+        default="peak",
+        help="set the clip's peak or RMS level to --level-dbfs; none sends it as recorded (default: %(default)s)",
+    )
+    prepare.add_argument(
+        "--level-dbfs",
+        type=_level_dbfs,
+        default=CLASSIFY_LEVEL_DBFS,
+        metavar="DB",
+        help="target level of --normalize in dB full scale, at most 0 (default: %(default)s, within the "
+        "training clips' peaks of -30 to -1)",
     )
     classify.set_defaults(func=cmd_classify)
 
@@ -472,14 +507,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """Classify each file in turn; a bad file fails alone, a server that is gone stops the run."""
     from service.audio import AudioError
     from service.client import HarkError, read_clip
+    from service.preprocess import PreprocessConfig, preprocess
 
+    prepare = PreprocessConfig(trim=args.trim, normalize=args.normalize, level_dbfs=args.level_dbfs)
     status = EXIT_OK
     with _connect(args, args.timeout) as client:
         for path in args.paths:
             try:
-                result = client.classify(
-                    read_clip(path, args.rate), sample_rate=args.rate, model=args.model, version=args.version
-                )
+                samples = preprocess(read_clip(path, args.rate), args.rate, args.rate, prepare)
+                result = client.classify(samples, sample_rate=args.rate, model=args.model, version=args.version)
             except AudioError as e:
                 _file_failed(path, str(e), args.json)
                 status = max(status, EXIT_BAD_REQUEST)

@@ -45,6 +45,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from service.audio import resample
+from service.preprocess import normalize_peak, trim_silence
 from training.noise import NOISE_KINDS, make_noise, mix_at_snr, power
 
 FloatArray = npt.NDArray[np.float64]
@@ -285,43 +286,6 @@ def _run_espeak(args: list[str], stdin: bytes | None = None) -> bytes:
 # --- signal -------------------------------------------------------------------------------------------------------
 
 
-def trim_silence(
-    x: FloatArray,
-    sample_rate: int = SAMPLE_RATE,
-    threshold_db: float = -40.0,
-    frame_ms: float = 10.0,
-    pad_ms: float = 5.0,
-) -> FloatArray:
-    """Cut leading and trailing frames quieter than ``threshold_db`` below the loudest frame.
-
-    The synthesizer pads words with silence of varying length; trimming it lets the word be placed anywhere
-    in the clip. A clip with no energy at all trims to nothing.
-    """
-    frame = max(1, int(sample_rate * frame_ms / 1000))
-    n_frames = x.size // frame + (x.size % frame > 0)
-    if n_frames == 0:
-        return x[:0]
-    padded = np.zeros(n_frames * frame)
-    padded[: x.size] = x
-    rms = np.sqrt(np.mean(np.square(padded.reshape(n_frames, frame)), axis=1))
-    loudest = float(rms.max())
-    if loudest <= 1e-7:
-        return x[:0]
-    active = np.flatnonzero(rms >= loudest * 10 ** (threshold_db / 20))
-    pad = int(sample_rate * pad_ms / 1000)
-    start = max(0, int(active[0]) * frame - pad)
-    stop = min(x.size, (int(active[-1]) + 1) * frame + pad)
-    return x[start:stop]
-
-
-def normalize_peak(x: FloatArray, peak_dbfs: float) -> FloatArray:
-    """Scale so the largest sample sits at ``peak_dbfs``; a silent clip is returned unchanged, never divided by 0."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak <= 1e-9:
-        return np.zeros_like(x)
-    return x * (10 ** (peak_dbfs / 20) / peak)
-
-
 def place(word: FloatArray, offset: int, n: int = CLIP_SAMPLES) -> FloatArray:
     """The word at ``offset`` inside ``n`` samples of silence; it must fit entirely."""
     if offset < 0 or offset + word.size > n:
@@ -432,7 +396,9 @@ def speak_word(spec: ClipSpec, max_samples: int = MAX_WORD_SAMPLES) -> tuple[Flo
     assert spec.voice is not None
     speed = spec.speed
     for _ in range(6):
-        word = trim_silence(synthesize(spec.text, spec.voice, speed, spec.pitch, spec.pitch_range, spec.emphasis))
+        word = trim_silence(
+            synthesize(spec.text, spec.voice, speed, spec.pitch, spec.pitch_range, spec.emphasis), SAMPLE_RATE
+        )
         if 0 < word.size <= max_samples:
             return word, speed
         speed = min(450, round(speed * 1.25))

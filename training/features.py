@@ -68,9 +68,12 @@ def clip_window(path: Path, logmel: LogMel, window_frames: int) -> FloatArray:
     A 1.0 s clip holds exactly 98 frames, so its window is ``LogMel.frames`` of the whole clip. Shorter
     clips are zero-padded and longer ones give their centre frames (the data set's clips are all 1.0 s).
     """
-    config = logmel.config
-    audio = pad_to(read_audio(path, config.sample_rate), config.n_samples(window_frames))
-    frames = logmel.frames(audio)
+    return audio_window(read_audio(path, logmel.config.sample_rate), logmel, window_frames)
+
+
+def audio_window(audio: FloatArray, logmel: LogMel, window_frames: int) -> FloatArray:
+    """The window of a clip already in memory (as :func:`clip_window` makes it; augmentation needs this)."""
+    frames = logmel.frames(pad_to(audio, logmel.config.n_samples(window_frames)))
     start = (frames.shape[0] - window_frames) // 2
     return frames[start : start + window_frames]
 
