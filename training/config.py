@@ -9,19 +9,128 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MANIFEST = Path("data/keywords/manifest.csv")
 RUNS_DIR = Path("runs")
 
 
-class AugmentConfig(BaseModel):
-    """Cheap augmentation applied to batches of cached log-Mel windows (see :mod:`training.train`).
+def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"a range must be (low, high), got {value}")
+    return value
 
-    Everything happens in the feature domain, where gain is an additive constant and mixing noise is a
-    log-add-exp, so augmenting costs a few tensor operations per batch instead of re-running the frontend.
+
+Range = Annotated[tuple[float, float], AfterValidator(_ordered_range)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, description="Chance that a clip gets it; 0 turns it off.")]
+
+
+class PitchShiftConfig(BaseModel):
+    """Shift the pitch, keeping the duration (librosa phase vocoder and resampling)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob: Probability = 0.0
+    semitones: Range = Field((-2.0, 2.0), description="Range of the shift, semitones.")
+
+
+class TimeStretchConfig(BaseModel):
+    """Change the tempo, keeping the pitch (librosa phase vocoder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob: Probability = 0.0
+    rate: Range = Field((0.8, 1.2), description="Range of the tempo factor; above 1 is faster (shorter).")
+
+    @model_validator(mode="after")
+    def _positive(self) -> TimeStretchConfig:
+        if self.rate[0] <= 0:
+            raise ValueError(f"rate must be positive, got {self.rate}")
+        return self
+
+
+class SpeedConfig(BaseModel):
+    """Speed perturbation: play faster or slower, changing tempo and pitch together (soxr resampling)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob: Probability = 0.0
+    factor: Range = Field((0.9, 1.1), description="Range of the speed factor; 1.1 is 10% faster (shorter).")
+
+    @model_validator(mode="after")
+    def _positive(self) -> SpeedConfig:
+        if self.factor[0] <= 0:
+            raise ValueError(f"factor must be positive, got {self.factor}")
+        return self
+
+
+NoiseKind = Literal["white", "pink", "brown", "background"]
+
+
+class WaveNoiseConfig(BaseModel):
+    """Additive noise at a random SNR: coloured (training.noise) or the data set's recorded background."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob: Probability = 0.0
+    snr_db: Range = Field((0.0, 30.0), description="Range of signal-to-noise ratios, dB (signal: its active part).")
+    kinds: tuple[NoiseKind, ...] = Field(
+        ("white", "pink", "brown", "background"),
+        min_length=1,
+        description="Noises drawn from with equal chance; background is the train split's _silence_ clips.",
+    )
+
+
+class GainConfig(BaseModel):
+    """Random gain."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob: Probability = 0.0
+    db: Range = Field((-10.0, 10.0), description="Range of the gain, dB.")
+
+
+class ShiftConfig(BaseModel):
+    """Time shift: move the clip earlier or later, filling the gap with silence."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob: Probability = 0.0
+    max_ms: float = Field(100.0, ge=0.0, description="Largest shift either way, milliseconds.")
+
+
+class WaveformAugmentConfig(BaseModel):
+    """Augmentation of the audio itself, before the frontend (see :mod:`training.augment`).
+
+    All off by default. When any is on, training batches are made from the clips' audio, augmented and
+    turned into features by worker processes while the model trains, instead of from cached features.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    time_stretch: TimeStretchConfig = Field(default_factory=TimeStretchConfig)
+    pitch_shift: PitchShiftConfig = Field(default_factory=PitchShiftConfig)
+    shift: ShiftConfig = Field(default_factory=ShiftConfig)
+    noise: WaveNoiseConfig = Field(default_factory=WaveNoiseConfig)
+    gain: GainConfig = Field(default_factory=GainConfig)
+    workers: int = Field(2, ge=0, description="DataLoader worker processes that augment; 0 augments in the trainer.")
+
+    @property
+    def enabled(self) -> bool:
+        parts = (self.speed, self.time_stretch, self.pitch_shift, self.shift, self.noise, self.gain)
+        return any(part.prob > 0 for part in parts)
+
+
+class AugmentConfig(BaseModel):
+    """Augmentation of training windows (see :mod:`training.augment`).
+
+    The fields at this level act on batches of log-Mel windows, where gain is an additive constant and
+    mixing noise is a log-add-exp, so they cost a few tensor operations per batch. ``waveform`` holds the
+    augmentations that need the audio (pitch shift, time stretch, speed); they cost more, so they are off
+    unless switched on.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -29,17 +138,12 @@ class AugmentConfig(BaseModel):
     time_shift_frames: int = Field(10, ge=0, description="Shift each window by up to this many frames (10 ms each).")
     gain_db: float = Field(10.0, ge=0.0, description="Random gain in [-gain_db, +gain_db] dB.")
     noise_prob: float = Field(0.8, ge=0.0, le=1.0, description="Probability of mixing in background noise.")
-    snr_db: tuple[float, float] = Field((0.0, 30.0), description="Range of signal-to-noise ratios for mixed noise.")
+    snr_db: Range = Field((0.0, 30.0), description="Range of signal-to-noise ratios for mixed noise.")
     time_masks: int = Field(2, ge=0, description="SpecAugment: number of time masks per window.")
     time_mask_frames: int = Field(10, ge=0, description="SpecAugment: longest time mask, frames.")
     freq_masks: int = Field(2, ge=0, description="SpecAugment: number of frequency masks per window.")
     freq_mask_bands: int = Field(5, ge=0, description="SpecAugment: widest frequency mask, Mel bands.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AugmentConfig:
-        if self.snr_db[0] > self.snr_db[1]:
-            raise ValueError(f"snr_db must be (low, high), got {self.snr_db}")
-        return self
+    waveform: WaveformAugmentConfig = Field(default_factory=WaveformAugmentConfig)
 
 
 class TrainConfig(BaseModel):

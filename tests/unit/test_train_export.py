@@ -16,23 +16,14 @@ from service.frontend import FrontendConfig, LogMel
 from service.model_store import load_version, read_manifest, sha256_file
 from tests.fixtures_data import PER_SPLIT, write_tone_dataset
 from training import export as export_mod
+from training.augment import FeatureAugmenter, mix_noise, spec_masks, time_shift
 from training.config import AugmentConfig, TrainConfig, load_config
 from training.data import LABELS
 from training.data import read_manifest as read_data_manifest
 from training.export import ParityError, check_parity, export_onnx, export_run
 from training.features import clip_window, extract, feature_stats, load_splits, pad_to
 from training.models import ARCHITECTURES, build_model
-from training.train import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    FeatureAugmenter,
-    load_checkpoint,
-    mix_noise,
-    resolve_config,
-    spec_masks,
-    time_shift,
-    train,
-)
+from training.train import CHECKPOINT_FILE, METRICS_FILE, load_checkpoint, resolve_config, train
 
 SR = 16_000
 
