@@ -158,12 +158,34 @@ class TrainConfig(BaseModel):
     arch_options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the architecture.")
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0.0, description="Peak learning rate of the one-cycle schedule.")
+    lr: float = Field(3e-3, gt=0.0, description="Peak learning rate: the top of one-cycle, the start of cosine.")
     weight_decay: float = Field(1e-2, ge=0.0)
     label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
     class_weights: dict[str, float] = Field(
         default_factory=dict,
         description="Loss weight per label (default 1), e.g. to trade keyword recall for fewer false alarms.",
+    )
+    loss: Literal["ce", "focal", "bce"] = Field(
+        "ce",
+        description="ce: softmax cross-entropy; focal: cross-entropy scaled by (1 - p)^focal_gamma, for hard "
+        "examples; bce: per-label sigmoid binary cross-entropy, for multi-label data (see training.losses).",
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, description="Focusing exponent of the focal loss; 0 is cross-entropy.")
+    sampler: Literal["shuffle", "weighted"] = Field(
+        "shuffle",
+        description="shuffle: every window once per epoch; weighted: drawn with replacement at inverse class "
+        "frequency, so every class is seen about equally often.",
+    )
+    schedule: Literal["onecycle", "cosine"] = Field(
+        "onecycle", description="Learning-rate schedule over all steps: one-cycle to lr, or cosine annealing from lr."
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better val accuracy; None trains every epoch."
+    )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Checkpoint the epoch with the best val accuracy, or the last one (k-fold: val is the "
+        "held-out fold, which must not choose the model it scores).",
     )
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch intra-op threads.")

@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from service.frontend import FrontendConfig, LogMel
 from service.model_store import sha256_file
 from training.config import AugmentConfig, TrainConfig, config_to_json, load_config
 from training.features import SplitFeatures, feature_stats, load_splits
+from training.losses import build_loss, build_sampler
 from training.models import ARCHITECTURES, build_model, count_parameters
+from training.schedules import build_scheduler, should_stop
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -173,13 +175,13 @@ def train_epoch(
     loss_fn: nn.Module,
     augment: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
-    gen: torch.Generator,
+    sampler: Iterable[int],
     progress: bool,
     desc: str,
 ) -> tuple[float, float]:
-    """One pass over shuffled training windows; returns (mean loss, accuracy on the augmented batches)."""
+    """One pass over the windows in ``sampler``'s order; returns (mean loss, accuracy on the augmented batches)."""
     model.train()
-    order = torch.randperm(len(data), generator=gen)
+    order = torch.tensor(list(sampler), dtype=torch.long)
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     total_loss, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), batch_size)
@@ -238,8 +240,14 @@ def train(
     read_manifest: Callable[[Path], Sequence[Any]],
     frontend: FrontendConfig | None = None,
     progress: bool = True,
+    features: Mapping[str, SplitFeatures] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
-    """Train ``config`` on the manifest's train split, keep the best epoch on val, write the run folder."""
+    """Train ``config`` on the manifest's train split, keep the best (or last) epoch on val, write the run folder.
+
+    ``features`` replaces the manifest's ``train`` and ``val`` splits (k-fold passes each fold's windows);
+    ``on_epoch`` sees every epoch's metrics row and may raise to end the run (a tuning trial's pruning).
+    """
     frontend = frontend or FrontendConfig()
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +255,7 @@ def train(
     gen = seed_everything(config.seed)
     (run_dir / CONFIG_FILE).write_text(config_to_json(config))
 
-    splits = load_splits(
+    splits = features or load_splits(
         config.data,
         labels,
         frontend,
@@ -269,20 +277,19 @@ def train(
     model = build_model(config.arch, len(labels), config.window_frames, frontend.n_mels, config.arch_options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(train_set) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 1))
-    if unknown := set(config.class_weights) - set(labels):
-        raise ValueError(f"class_weights names {sorted(unknown)}, which are not labels {list(labels)}")
-    weights = torch.tensor([config.class_weights.get(label, 1.0) for label in labels])
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    scheduler = build_scheduler(config.schedule, optimizer, config.lr, steps)
+    loss_fn = build_loss(config, labels)
+    sampler = build_sampler(config.sampler, train_set.y, gen)
 
     best_acc, best_epoch = -1.0, 0
+    val_history: list[float] = []
     metrics_path = run_dir / METRICS_FILE
     metrics_path.write_text("")
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         desc = f"epoch {epoch}/{config.epochs}"
         loss, train_acc = train_epoch(
-            model, train_set, optimizer, scheduler, loss_fn, augment, config.batch_size, gen, progress, desc
+            model, train_set, optimizer, scheduler, loss_fn, augment, config.batch_size, sampler, progress, desc
         )
         val_acc = accuracy(predict(model, val_set.x), val_set.y)
         row = {
@@ -297,9 +304,16 @@ def train(
             f.write(json.dumps(row) + "\n")
         if progress:
             tqdm.write(f"{desc}: loss {loss:.4f}  train acc {train_acc:.4f}  val acc {val_acc:.4f}", file=sys.stderr)
-        if val_acc > best_acc or math.isnan(val_acc):
+        if val_acc > best_acc or math.isnan(val_acc) or config.keep == "last":
             best_acc, best_epoch = val_acc, epoch
             save_checkpoint(run_dir / CHECKPOINT_FILE, model, config, labels, frontend.n_mels)
+        if on_epoch is not None:
+            on_epoch(row)
+        val_history.append(val_acc)
+        if should_stop(val_history, config.patience):
+            if progress:
+                tqdm.write(f"early stop: no better val accuracy for {config.patience} epochs", file=sys.stderr)
+            break
 
     summary = {
         "labels": list(labels),
@@ -312,6 +326,7 @@ def train(
         "n_val": len(val_set),
         "seed": config.seed,
         "epochs": config.epochs,
+        "epochs_run": len(val_history),
         "best_epoch": best_epoch,
         "best_val_accuracy": best_acc,
         "parameters": count_parameters(model),
@@ -370,6 +385,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, out_help: str = "Run folder (default runs/<name>)") -> None:
+    """The options :func:`resolve_config` reads, shared by every command that trains (train, kfold, tune, lr-find)."""
+    parser.add_argument("--config", type=Path, help="Training config (TOML or JSON); a run's config.json reproduces it")
+    parser.add_argument("--data", type=Path, help="Data manifest CSV (default data/keywords/manifest.csv)")
+    parser.add_argument("--out", type=Path, help=out_help)
+    parser.add_argument("--name", help="Run name (default keywords)")
+    parser.add_argument("--epochs", type=int, help="Number of epochs")
+    parser.add_argument("--seed", type=int, help="Seed for initialisation, shuffling and augmentation")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="Architecture in training.models.ARCHITECTURES")
+
+
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hark train``."""
     parser = subparsers.add_parser(
@@ -378,13 +404,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         description="Train a small CNN on the data set's log-Mel windows and write a run folder "
         "(checkpoint, config, per-epoch metrics, reference feature statistics).",
     )
-    parser.add_argument("--config", type=Path, help="Training config (TOML or JSON); a run's config.json reproduces it")
-    parser.add_argument("--data", type=Path, help="Data manifest CSV (default data/keywords/manifest.csv)")
-    parser.add_argument("--out", type=Path, help="Run folder (default runs/<name>)")
-    parser.add_argument("--name", help="Run name (default keywords)")
-    parser.add_argument("--epochs", type=int, help="Number of epochs")
-    parser.add_argument("--seed", type=int, help="Seed for initialisation, shuffling and augmentation")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="Architecture in training.models.ARCHITECTURES")
+    add_config_arguments(parser)
     parser.add_argument(
         "--build-data", action="store_true", help="Build the data set first (training.data) if the manifest is missing"
     )
