@@ -17,7 +17,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -358,11 +358,18 @@ def next_version(root: Path, name: str) -> int:
     return max(existing, default=0) + 1
 
 
-def publish_version(root: Path, manifest_fields: dict[str, Any], onnx_file: Path, version: int | None = None) -> Path:
+def publish_version(
+    root: Path,
+    manifest_fields: dict[str, Any],
+    onnx_file: Path,
+    version: int | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+) -> Path:
     """Write ``onnx_file`` and its manifest as a new version of ``manifest_fields['name']``, atomically.
 
     ``manifest_fields`` is every manifest field but ``version``, ``sha256``, ``size_bytes`` and
-    ``created_at``, which are filled here. Returns the new version folder.
+    ``created_at``, which are filled here. ``extra_files`` (file name -> source) are copied in beside them,
+    such as evaluation reports, so the version appears whole. Returns the new version folder.
     """
     name = validate_model_name(str(manifest_fields["name"]))
     model_dir = Path(root) / name
@@ -383,6 +390,10 @@ def publish_version(root: Path, manifest_fields: dict[str, Any], onnx_file: Path
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
         shutil.copyfile(onnx_file, staging / MODEL_FILE)
+        for file_name, source in (extra_files or {}).items():
+            if Path(file_name).name != file_name or file_name in (MODEL_FILE, MANIFEST_FILE):
+                raise ValueError(f"extra file name {file_name!r} must be a plain name other than the model's")
+            shutil.copyfile(source, staging / file_name)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         os.chmod(staging, 0o755)
         staging.rename(final)
@@ -390,3 +401,29 @@ def publish_version(root: Path, manifest_fields: dict[str, Any], onnx_file: Path
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def update_metrics(version_dir: Path, updates: Mapping[str, Any]) -> Manifest:
+    """Merge ``updates`` into a published version's ``metrics`` and rewrite its manifest atomically.
+
+    Nothing else changes, so the version verifies exactly as before: the model's sha256 is checked first (a
+    report is never attached to bytes other than those the manifest vouches for), the new manifest is
+    validated before it is written, and it replaces the old one by a rename with the old file's mode, so a
+    server reloading at that moment reads the old manifest or the new one, never half of either.
+    """
+    manifest = read_manifest(version_dir)
+    model_path = version_dir / MODEL_FILE
+    if sha256_file(model_path) != manifest.sha256:
+        raise VerificationError(f"{model_path} does not match its manifest's sha256; not updating it")
+    updated = Manifest.model_validate({**manifest.model_dump(), "metrics": {**manifest.metrics, **updates}})
+    path = version_dir / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}-", dir=version_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(updated.model_dump(mode="json"), indent=2) + "\n")
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return updated

@@ -29,8 +29,9 @@ from torch import nn
 
 from service.frontend import FrontendConfig
 from service.model_store import FeatureStats, VerificationError, load_version, publish_version, sha256_file
-from service.runner import create_session
+from service.runner import create_session, softmax
 from training.config import TrainConfig, load_config
+from training.evaluate import DIGITS, REPORT_FILES, classification_report, evaluation_summary, rounded, write_report
 from training.features import SplitFeatures, load_splits
 from training.models import count_parameters
 from training.train import CHECKPOINT_FILE, CONFIG_FILE, RUN_FILE, STATS_FILE, load_checkpoint
@@ -94,20 +95,6 @@ def check_parity(model: nn.Module, onnx_path: Path, windows: FloatArray, toleran
     return diff
 
 
-def classification_metrics(logits: FloatArray, y: npt.NDArray[np.int64], labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: truth, columns: prediction)."""
-    predicted = logits.argmax(axis=1)
-    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    np.add.at(confusion, (y, predicted), 1)
-    totals = confusion.sum(axis=1)
-    per_class = {label: round(float(confusion[i, i] / totals[i]), 4) for i, label in enumerate(labels) if totals[i] > 0}
-    return {
-        "accuracy": round(float((predicted == y).mean()), 4) if len(y) else None,
-        "per_class_accuracy": per_class,
-        "confusion": confusion.tolist(),
-    }
-
-
 def inference_ms(onnx_path: Path, window: FloatArray, batch: int = 1, repeats: int = 300) -> float:
     """Median milliseconds per window on one onnxruntime thread (the server's session options)."""
     session = create_session(onnx_path, 1)
@@ -123,17 +110,36 @@ def inference_ms(onnx_path: Path, window: FloatArray, batch: int = 1, repeats: i
 
 
 def evaluate_onnx(
-    onnx_path: Path, splits: dict[str, SplitFeatures], labels: Sequence[str], timing_window: FloatArray
+    onnx_path: Path,
+    splits: dict[str, SplitFeatures],
+    labels: Sequence[str],
+    timing_window: FloatArray,
+    report_dir: Path,
+    **context: Any,
 ) -> dict[str, Any]:
-    """Every metric the manifest reports, measured with onnxruntime on the exported file."""
+    """Every metric the manifest reports, measured with onnxruntime on the exported file.
+
+    The test split's full report (``metrics.json``, ``confusion_matrix.png``, ``roc.png``) is written into
+    ``report_dir`` by the same code as ``hark eval``, with ``context`` (the data manifest) in it.
+    """
     session = create_session(onnx_path, 2)
-    test = classification_metrics(onnx_logits(session, splits["test"].x), splits["test"].y, labels)
-    val = classification_metrics(onnx_logits(session, splits["val"].x), splits["val"].y, labels)
+    test = write_report(
+        report_dir,
+        softmax(onnx_logits(session, splits["test"].x)),
+        splits["test"].y,
+        labels,
+        split="test",
+        **context,
+    )
+    val = classification_report(softmax(onnx_logits(session, splits["val"].x)), splits["val"].y, labels)
     return {
-        "test_accuracy": test["accuracy"],
-        "per_class_accuracy": test["per_class_accuracy"],
+        "test_accuracy": rounded(test["accuracy"]),
+        "per_class_accuracy": {
+            label: round(c["recall"], DIGITS) for label, c in test["per_class"].items() if c["support"]
+        },
         "test_confusion": test["confusion"],
-        "val_accuracy": val["accuracy"],
+        "val_accuracy": rounded(val["accuracy"]),
+        "evaluation": evaluation_summary(test, split="test", **context),
         "n_test": len(splits["test"]),
         "n_val": len(splits["val"]),
         "size_bytes": onnx_path.stat().st_size,
@@ -210,15 +216,20 @@ def export_run(
     with tempfile.TemporaryDirectory(prefix="hark-export-") as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx", config.window_frames, frontend.n_mels)
         diff = check_parity(model, onnx_path, splits["test"].x[:PARITY_WINDOWS], tolerance)
+        report_dir = Path(tmp) / "report"
+        data_context = {"data_manifest": str(manifest), "data_manifest_sha256": run["data_manifest_sha256"]}
         metrics = {
-            **evaluate_onnx(onnx_path, splits, labels, splits["test"].x[0]),
+            **evaluate_onnx(onnx_path, splits, labels, splits["test"].x[0], report_dir, **data_context),
             "parameters": count_parameters(model),
             "parity_max_abs_diff": diff,
         }
         fields = manifest_fields(name, labels, frontend, config, run, stats, metrics)
-        scratch = publish_version(Path(tmp) / "store", fields, onnx_path, version)
+        # Where the weights came from: `hark explain` needs the torch checkpoint and checks it is this one.
+        fields["training"] |= {"run_dir": str(run_dir), "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT_FILE)}
+        reports = {file_name: report_dir / file_name for file_name in REPORT_FILES}
+        scratch = publish_version(Path(tmp) / "store", fields, onnx_path, version, reports)
         load_version(scratch)  # the server's checks, before the real store sees anything
-        final = publish_version(store, fields, onnx_path, version)
+        final = publish_version(store, fields, onnx_path, version, reports)
     try:
         load_version(final)
     except Exception:
@@ -236,6 +247,8 @@ def summary(version_dir: Path) -> str:
         f"  test accuracy {m['test_accuracy']:.4f} on {m['n_test']} clips of unheard voices "
         f"(val {m['val_accuracy']:.4f})\n"
         f"  per class: {per_class}\n"
+        f"  macro F1 {m['evaluation']['macro_f1']}, macro AUROC {m['evaluation']['macro_auroc']}; "
+        f"{', '.join(m['evaluation']['files'])} beside the model\n"
         f"  {m['parameters']} parameters, {m['size_bytes']} bytes, "
         f"{m['inference_ms_per_window']:.3f} ms per window on one thread "
         f"({m['inference_ms_per_window_batch32']:.3f} ms in batches of 32), parity {m['parity_max_abs_diff']:.2g}"
