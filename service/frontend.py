@@ -4,10 +4,17 @@ Training, export, evaluation and the server all compute features here, so what a
 is what it is served. Frames are "valid" frames (no centre padding): frame ``i`` covers samples
 ``[i*hop, i*hop + win_length)``. That makes a stream's frames independent of how its audio was chunked,
 so :class:`StreamingLogMel` fed any chunking yields exactly :func:`LogMel.frames` of the whole clip.
+
+Two log kinds: ``"ln"`` (the default, ``ln(mel + log_offset)``) and ``"db"`` (``10·log10(max(mel, log_floor))``,
+librosa's ``power_to_db``), each followed by ``feature_scale · x + feature_offset``. The ``"db"`` kind with
+``input_scale`` reproduces the input of pretrained speech backbones such as openWakeWord's (see
+``training.backbone``). Every feature is a function of its own frame alone: a level relative to the loudest
+frame of the input (``top_db``) is deliberately not offered, since a stream cannot know that maximum.
 """
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import Literal
 
@@ -34,7 +41,12 @@ class FrontendConfig(BaseModel):
     fmax: float = 7_600.0
     mel_scale: Literal["slaney", "htk"] = "slaney"
     power: float = Field(2.0, gt=0.0)
-    log_offset: float = Field(1e-6, gt=0.0)
+    log: Literal["ln", "db"] = "ln"
+    log_offset: float = Field(1e-6, gt=0.0, description='"ln" only: ln(mel + log_offset).')
+    log_floor: float = Field(1e-10, gt=0.0, description='"db" only: 10·log10(max(mel, log_floor)).')
+    input_scale: float = Field(1.0, gt=0.0, description="Samples are multiplied by this first (32768: int16 units).")
+    feature_scale: float = Field(1.0, gt=0.0, description="Features are feature_scale · log + feature_offset.")
+    feature_offset: float = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> FrontendConfig:
@@ -55,6 +67,26 @@ class FrontendConfig(BaseModel):
     def n_samples(self, n_frames: int) -> int:
         """The fewest samples that hold ``n_frames`` frames."""
         return 0 if n_frames <= 0 else self.win_length + (n_frames - 1) * self.hop_length
+
+    @property
+    def log_power_affine(self) -> tuple[float, float]:
+        """``(a, b)`` with ``feature = a·ln(P) + b`` above the floor, ``P`` the Mel power of audio in [-1, 1].
+
+        What level arithmetic needs (a gain adds ``a·ln(gain)``, mixing adds powers): gating and feature-domain
+        augmentation work on ``ln(P) = (feature - b) / a`` whatever the log kind.
+        """
+        input_gain = self.power * math.log(self.input_scale)
+        if self.log == "ln":
+            return self.feature_scale, self.feature_offset + self.feature_scale * input_gain
+        a = self.feature_scale * 10.0 / math.log(10.0)
+        return a, self.feature_offset + a * input_gain
+
+    @property
+    def feature_floor(self) -> float:
+        """The value of a silent band: the lowest feature this frontend gives."""
+        if self.log == "ln":
+            return self.feature_scale * math.log(self.log_offset) + self.feature_offset
+        return self.feature_scale * 10.0 * math.log10(self.log_floor) + self.feature_offset
 
 
 class LogMel:
@@ -92,12 +124,33 @@ class LogMel:
             return np.empty((0, self.config.n_mels), dtype=np.float32)
         c = self.config
         framed = np.lib.stride_tricks.sliding_window_view(samples, c.win_length)[:: c.hop_length][:n]
-        spectrum = np.abs(np.fft.rfft(framed * self._window, n=c.n_fft, axis=1))
+        window = self._window if c.input_scale == 1.0 else self._window * np.float32(c.input_scale)
+        spectrum = np.abs(np.fft.rfft(framed * window, n=c.n_fft, axis=1))
         if c.power != 1.0:
             spectrum = spectrum**c.power
         mel = spectrum.astype(np.float32) @ self._mel_basis_t
-        features: FloatArray = np.log(mel + np.float32(c.log_offset)).astype(np.float32, copy=False)
+        return self._log(mel)
+
+    def _log(self, mel: FloatArray) -> FloatArray:
+        c = self.config
+        if c.log == "ln":
+            logged = np.log(mel + np.float32(c.log_offset))
+        else:
+            logged = librosa.power_to_db(mel, ref=1.0, amin=c.log_floor, top_db=None)
+        if c.feature_scale != 1.0 or c.feature_offset != 0.0:
+            logged = logged * np.float32(c.feature_scale) + np.float32(c.feature_offset)
+        features: FloatArray = logged.astype(np.float32, copy=False)
         return features
+
+    def mel_power(self, features: FloatArray) -> FloatArray:
+        """Each band's Mel power of audio in [-1, 1], back from its features (exact above the floor)."""
+        c = self.config
+        if c.log == "ln" and c.feature_scale == 1.0 and c.feature_offset == 0.0 and c.input_scale == 1.0:
+            power: FloatArray = np.exp(features) - np.float32(c.log_offset)
+            return power
+        a, b = c.log_power_affine
+        power = np.exp((features - np.float32(b)) / np.float32(a))
+        return power
 
 
 class StreamingLogMel:
@@ -134,6 +187,10 @@ class StreamingLogMel:
         frames = out[0] if len(out) == 1 else np.concatenate(out)
         self.frames_emitted += frames.shape[0]
         return frames
+
+    def mel_power(self, features: FloatArray) -> FloatArray:
+        """See :meth:`LogMel.mel_power`."""
+        return self._logmel.mel_power(features)
 
     def _drain(self) -> FloatArray:
         n = self.config.n_frames(self._fill)

@@ -219,8 +219,7 @@ class StreamSession:
         frames = self._frontend.push(samples)
         powers = None
         if self._powers is not None and frames.shape[0]:
-            offset = np.float32(self.frontend_config.log_offset * self.frontend_config.n_mels)
-            powers = np.exp(frames).sum(axis=1, keepdims=True) - offset
+            powers = self._frontend.mel_power(frames).sum(axis=1, keepdims=True)
         windows: list[Window] = []
         # Split the new frames at each point where a window is due, so a large chunk yields every
         # window it completes, not only the last one the ring still holds.
@@ -284,8 +283,8 @@ def full_scale_power(config: FrontendConfig) -> float:
     """The mean total Mel power of a frame of white noise at 0 dBFS RMS: the reference of ``gate_dbfs``, so
     a frame's level is ``10 log10(power / full_scale_power)`` dB, close to its RMS level for broadband sound."""
     noise = np.random.default_rng(0).standard_normal(config.sample_rate).astype(np.float32)
-    frames = LogMel(config).frames(noise)
-    return float((np.exp(frames.astype(np.float64)) - config.log_offset).sum(axis=1).mean())
+    logmel = LogMel(config)
+    return float(logmel.mel_power(logmel.frames(noise)).astype(np.float64).sum(axis=1).mean())
 
 
 def clip_windows(samples: FloatArray, model: LoadedModel) -> FloatArray:

@@ -1,0 +1,195 @@
+"""The pretrained backbone: its frontend reproduced by ours, its network restated in torch, its schedule.
+
+The references are the files the ``openwakeword==0.5.1`` wheel ships, run by onnxruntime; ``make dev``
+installs the wheel, and without it these tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.frontend import FrontendConfig, LogMel, StreamingLogMel
+from service.session import full_scale_power
+from training import backbone
+from training.backbone import (
+    BACKBONE_FRONTEND,
+    EMBEDDING_DIM,
+    MEL_FRAME_LEAD,
+    STAGES,
+    SUB_WINDOW_FRAMES,
+    BackboneUnavailableError,
+    OwwTransfer,
+    load_embedding,
+    sub_window_starts,
+)
+
+SR = 16_000
+PARITY_TOLERANCE = 1e-4
+"""Largest |ours - theirs| of a feature (0.001 dB after openWakeWord's x/10 + 2); measured: 4e-6."""
+
+try:
+    MEL_ONNX = backbone.resource(backbone.MEL_MODEL)
+    EMBEDDING_ONNX = backbone.resource(backbone.EMBEDDING_MODEL)
+except BackboneUnavailableError as e:  # pragma: no cover - make dev installs the wheel
+    pytest.skip(f"the backbone's files are not installed: {e}", allow_module_level=True)
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def _session(path: object) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def openwakeword_features(pcm: npt.NDArray[np.int16]) -> FloatArray:
+    """What openWakeWord feeds its embedding model: melspectrogram.onnx of int16 values, then x / 10 + 2."""
+    mel: FloatArray = _session(MEL_ONNX).run(None, {"input": pcm.astype(np.float32)[None]})[0][0, 0]
+    return (mel / 10 + 2).astype(np.float32)
+
+
+def ours(pcm: npt.NDArray[np.int16], config: FrontendConfig = BACKBONE_FRONTEND) -> FloatArray:
+    """Our frames of the same audio, aligned to openWakeWord's (its window sits 56 samples into its frame)."""
+    return LogMel(config).frames(pcm[MEL_FRAME_LEAD:].astype(np.float32) / 32768)
+
+
+def speech_like(seed: int, seconds: float, gap: tuple[float, float] | None = None) -> npt.NDArray[np.int16]:
+    """Two harmonic tones gliding over noise, as 16-bit PCM; ``gap`` (seconds) is digital silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = rng.uniform(100, 250) * (1 + 0.3 * t)
+    voice = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SR) / k for k in range(1, 8))
+    audio = 0.2 * voice * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
+    if gap is not None:
+        audio[int(gap[0] * SR) : int(gap[1] * SR)] = 0.0
+    return np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+
+# ---------------------------------------------------------------------------------------- the frontend
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frontend_reproduces_melspectrogram_onnx_where_its_top_db_clip_is_idle(seed: int) -> None:
+    pcm = speech_like(seed, 1.5)
+    theirs = openwakeword_features(pcm)
+    assert theirs.min() > theirs.max() - 8.0 + 1e-3, "the input must stay within top_db for this comparison"
+    mine = ours(pcm, BACKBONE_FRONTEND.model_copy(update={"log_floor": 1e-10}))  # the ONNX file's own floor
+    assert mine.shape[0] >= theirs.shape[0] == 1 + (pcm.size - 512) // 160
+    np.testing.assert_allclose(mine[: theirs.shape[0]], theirs, atol=PARITY_TOLERANCE, rtol=0)
+
+
+def test_the_fixed_floor_stands_in_for_top_db() -> None:
+    """With silence in the input the ONNX file clips at 80 dB below its loudest value; ours floors at 0 dB.
+
+    Wherever its clip did not act, ours is its value raised to our floor; where it did, ours is below its
+    clip level or at our floor, never above either.
+    """
+    pcm = speech_like(3, 2.0, gap=(0.6, 1.2))
+    theirs = openwakeword_features(pcm)
+    clip_level = theirs.max() - 8.0
+    assert np.isclose(theirs.min(), clip_level, atol=1e-5), "the silence must trigger the ONNX file's clip"
+    mine = ours(pcm)[: theirs.shape[0]]
+    floor = BACKBONE_FRONTEND.feature_floor
+    assert floor == pytest.approx(2.0)  # 0 dB of int16 power, after x / 10 + 2
+    free = theirs > clip_level + 1e-4
+    assert 0.3 < free.mean() < 0.95
+    np.testing.assert_allclose(mine[free], np.maximum(theirs[free], floor), atol=PARITY_TOLERANCE, rtol=0)
+    assert np.all(mine[~free] <= max(clip_level, floor) + PARITY_TOLERANCE)
+    assert np.all(mine >= floor - 1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), chunk_sizes=st.lists(st.integers(1, 6000), min_size=1, max_size=20))
+def test_streaming_backbone_frames_equal_whole_clip_frames(seed: int, chunk_sizes: list[int]) -> None:
+    audio = speech_like(seed, 1.2, gap=(0.4, 0.7)).astype(np.float32) / 32768
+    whole = LogMel(BACKBONE_FRONTEND).frames(audio)
+    stream = StreamingLogMel(BACKBONE_FRONTEND)
+    parts, pos, i = [], 0, 0
+    while pos < audio.size:
+        size = chunk_sizes[i % len(chunk_sizes)]
+        parts.append(stream.push(audio[pos : pos + size]))
+        pos, i = pos + size, i + 1
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-4, rtol=0)
+
+
+def test_manifests_without_the_new_fields_mean_todays_features() -> None:
+    before = {
+        "kind": "logmel",
+        "sample_rate": 16000,
+        "n_fft": 512,
+        "win_length": 400,
+        "hop_length": 160,
+        "n_mels": 40,
+        "fmin": 20.0,
+        "fmax": 7600.0,
+        "mel_scale": "slaney",
+        "power": 2.0,
+        "log_offset": 1e-6,
+    }
+    config = FrontendConfig.model_validate(before)
+    assert config == FrontendConfig()
+    assert config.log_power_affine == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("frontend", [FrontendConfig(), BACKBONE_FRONTEND], ids=["default", "backbone"])
+def test_levels_read_back_from_features_are_the_same_for_every_frontend(frontend: FrontendConfig) -> None:
+    """Energy gating reads each frame's power back from its features: -30 dBFS noise measures -30 dB."""
+    noise = np.random.default_rng(0).standard_normal(SR).astype(np.float32)
+    logmel = LogMel(frontend)
+    quiet = logmel.mel_power(logmel.frames(noise * 10 ** (-30 / 20))).sum(axis=1).mean()
+    assert 10 * np.log10(quiet / full_scale_power(frontend)) == pytest.approx(-30.0, abs=0.1)
+
+
+# ---------------------------------------------------------------------------------------- the network
+
+
+def test_speech_embedding_in_torch_matches_embedding_model_onnx() -> None:
+    x = np.random.default_rng(0).normal(4.0, 1.5, (8, SUB_WINDOW_FRAMES, 32)).astype(np.float32)
+    expected = _session(EMBEDDING_ONNX).run(None, {"input_1": x[..., None]})[0].reshape(8, EMBEDDING_DIM)
+    with torch.no_grad():
+        actual = load_embedding()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(actual, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
+def test_sub_windows_span_the_whole_window() -> None:
+    assert sub_window_starts(98, 3) == [0, 11, 22]
+    assert sub_window_starts(98, 1) == [11]
+    assert sub_window_starts(SUB_WINDOW_FRAMES, 2) == [0, 0]
+    with pytest.raises(ValueError, match="at least 76 frames"):
+        sub_window_starts(75, 2)
+
+
+def test_the_backbone_is_frozen_then_its_last_stages_learn_slower() -> None:
+    model = OwwTransfer(n_classes=12, n_frames=98, n_mels=32, frozen_epochs=2, unfreeze_stages=1)
+    head = sum(p.numel() for p in model.head.parameters())
+    tuned = sum(p.numel() for p in model.tuned_backbone())
+    last_stage = sum(p.numel() for p in model.backbone.stages[-1].parameters())
+    assert tuned == last_stage + model.backbone.project.weight.numel()
+    for epoch, trainable in [(1, head), (2, head), (3, head + tuned), (9, head + tuned)]:
+        model.start_epoch(epoch)
+        assert model.trainable_parameters() == trainable, epoch
+    groups = model.param_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, model.backbone_lr_scale]
+    assert sum(p.numel() for g in groups for p in g["params"]) == head + tuned
+
+
+def test_a_frozen_backbone_gets_no_gradient_and_the_head_does() -> None:
+    model = OwwTransfer(n_classes=4, n_frames=98, n_mels=32, frozen_epochs=1, unfreeze_stages=len(STAGES))
+    x = torch.from_numpy(np.random.default_rng(1).normal(4, 1, (3, 98, 32)).astype(np.float32))
+    model(x).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+    model.start_epoch(2)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_the_architecture_refuses_features_it_was_not_pretrained_on() -> None:
+    with pytest.raises(ValueError, match="32 Mel bands"):
+        OwwTransfer(n_classes=4, n_frames=98, n_mels=40)
