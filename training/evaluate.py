@@ -178,7 +178,7 @@ def plot_roc(scores: FloatArray, y: IntArray, labels: Sequence[str], path: Path)
         RocCurveDisplay.from_predictions(
             positive,
             scores[:, i],
-            name=label,
+            name=label.strip("_"),  # matplotlib's legend skips names that start with '_'
             ax=ax,
             curve_kwargs={"color": colours(i % 20)},
             plot_chance_level=drawn == 0,

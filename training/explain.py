@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from captum.attr import LayerAttribution, LayerGradCam, Saliency
+from matplotlib.colors import ListedColormap
 from torch import nn
 from tqdm import tqdm
 
@@ -48,6 +49,11 @@ from training.train import CHECKPOINT_FILE, RUN_FILE, load_checkpoint
 Method = Literal["saliency", "gradcam"]
 METHODS: tuple[Method, ...] = ("saliency", "gradcam")
 FloatArray = npt.NDArray[np.float32]
+TITLES: dict[Method, str] = {"saliency": "saliency |d score / d input|", "gradcam": "Grad-CAM"}
+# "jet", transparent where a map is low, so the spectrogram shows through everywhere the model does not look.
+OVERLAY = ListedColormap(
+    np.column_stack([plt.get_cmap("jet")(np.linspace(0, 1, 256))[:, :3], np.linspace(0, 0.85, 256)])
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,10 @@ def explain_window(
 def render(explanation: Explanation, frontend: FrontendConfig, path: Path, title: str) -> Path:
     """The spectrogram, then one panel per map overlaid on it; the class and its probability in the title."""
     window = explanation.window
-    panels: list[tuple[str, FloatArray | None]] = [("log-Mel input", None), *explanation.maps.items()]
+    panels: list[tuple[str, FloatArray | None]] = [
+        ("log-Mel input", None),
+        *((TITLES[method], heat) for method, heat in explanation.maps.items()),
+    ]
     seconds = window.shape[0] * frontend.hop_length / frontend.sample_rate
     extent = (0.0, seconds, -0.5, window.shape[1] - 0.5)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.8), sharey=True, layout="constrained")
@@ -156,7 +165,7 @@ def render(explanation: Explanation, frontend: FrontendConfig, path: Path, title
             window.T, origin="lower", aspect="auto", cmap="gray_r" if heat is not None else "magma", extent=extent
         )
         if heat is not None:
-            overlay = ax.imshow(heat.T, origin="lower", aspect="auto", cmap="jet", alpha=0.5, extent=extent)
+            overlay = ax.imshow(heat.T, origin="lower", aspect="auto", cmap=OVERLAY, extent=extent)
             overlay.set_clim(0.0, 1.0)
             fig.colorbar(overlay, ax=ax, shrink=0.8, label="relative importance")
         ax.set_title(name)
