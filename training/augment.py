@@ -126,6 +126,13 @@ class WaveformAugmenter:
             return random_crop(self.background[int(rng.integers(len(self.background)))], n, rng)
         return make_noise(kind, n, rng, self.sample_rate).astype(np.float32)
 
+    def warm_up(self) -> None:
+        """Run the librosa augmentations once: librosa compiles its kernels (numba) on first use, seconds per
+        process, and DataLoader workers forked afterwards inherit them instead of each compiling again."""
+        x = np.random.default_rng(0).normal(0.0, 0.1, self.sample_rate // 4).astype(np.float32)
+        time_stretch(x, 1.1)
+        pitch_shift(x, 1.0, self.sample_rate)
+
     def __call__(self, x: FloatArray, rng: np.random.Generator) -> FloatArray:
         c, sr, n = self.config, self.sample_rate, x.size
         if rng.random() < c.speed.prob:
