@@ -3,8 +3,8 @@
 Two modes, both with :mod:`onnxruntime.quantization`:
 
 - ``dynamic``: weights stored as int8, activations quantized on the fly per call (``quantize_dynamic``).
-  Needs no data, but onnxruntime's integer kernels cover only Conv and MatMul (not Gemm, so the dense
-  layers of a classifier head stay float) and pay for the range computation on every call.
+  Needs no data, but runs convolutions as ``ConvInteger`` and computes ranges on every call: measured
+  3 to 20 times slower than float on our conv nets, so it is the smaller file, not the faster model.
 - ``static``: weights and activations int8 in QDQ format, the activation ranges calibrated on training
   windows from the run's feature cache (``quantize_static``), per-channel weights where the op allows.
 
@@ -64,7 +64,9 @@ class QuantizeOptions(BaseModel):
     mode: Mode = Field("static", description="dynamic (weights only, no data) or static (calibrated QDQ).")
     per_channel: bool = Field(True, description="One scale per output channel of each weight tensor.")
     activation_type: Literal["int8", "uint8"] = Field(
-        "int8", description="Static mode: the activations' type (S8S8 is onnxruntime's recommended default)."
+        "uint8",
+        description="Static mode: the activations' type. onnxruntime's docs start from S8S8, but U8S8 measured as fast "
+        "or faster here (AVX-512 VNNI), three times as fast on the TCN, at the same accuracy.",
     )
     reduce_range: bool = Field(
         False, description="7-bit weights: avoids int16 saturation on x86 CPUs without VNNI, at some accuracy."
@@ -334,8 +336,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     parser.add_argument(
         "version_dir", type=Path, metavar="VERSION_DIR", help="Float version folder, e.g. model_store/keywords/1"
     )
+    defaults = QuantizeOptions()
     parser.add_argument(
-        "--mode", choices=["static", "dynamic"], default="static", help="Quantization mode (default static)"
+        "--mode", choices=["static", "dynamic"], default=defaults.mode, help="Quantization mode (default static)"
     )
     parser.add_argument(
         "--store", type=Path, default=Path("model_store"), help="Model store root to publish into (default model_store)"
@@ -346,21 +349,21 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     parser.add_argument(
         "--per-channel",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=defaults.per_channel,
         help="Per-channel weight scales (default on)",
     )
     parser.add_argument(
         "--activation-type",
         choices=sorted(ACTIVATION_TYPES),
-        default="int8",
-        help="Static mode: activation type (default int8)",
+        default=defaults.activation_type,
+        help=f"Static mode: activation type (default {defaults.activation_type})",
     )
     parser.add_argument("--reduce-range", action="store_true", help="7-bit weights, for x86 CPUs without VNNI")
     parser.add_argument(
         "--calibration-windows",
         type=int,
-        default=512,
-        help="Static mode: training windows to calibrate on (default 512)",
+        default=defaults.calibration_windows,
+        help=f"Static mode: training windows to calibrate on (default {defaults.calibration_windows})",
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bars")
     parser.set_defaults(func=run)

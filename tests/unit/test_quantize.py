@@ -130,8 +130,11 @@ def test_the_command_has_help_for_every_option() -> None:
         assert action.help, f"option {action.dest} has no help text"
     defaults = QuantizeOptions()
     args = parser.parse_args(["quantize", "model_store/keywords/1"])
-    assert (args.mode, args.per_channel, args.calibration_windows) == (
+    given = (args.mode, args.per_channel, args.activation_type, args.reduce_range, args.calibration_windows)
+    assert given == (
         defaults.mode,
         defaults.per_channel,
+        defaults.activation_type,
+        defaults.reduce_range,
         defaults.calibration_windows,
     )
