@@ -4,7 +4,7 @@ Two modes, both with :mod:`onnxruntime.quantization`:
 
 - ``dynamic``: weights stored as int8, activations quantized on the fly per call (``quantize_dynamic``).
   Needs no data, but runs convolutions as ``ConvInteger`` and computes ranges on every call: measured
-  3 to 20 times slower than float on our conv nets, so it is the smaller file, not the faster model.
+  3 to 21 times slower than float on our conv nets, so it is the smaller file, not the faster model.
 - ``static``: weights and activations int8 in QDQ format, the activation ranges calibrated on training
   windows from the run's feature cache (``quantize_static``), per-channel weights where the op allows.
 
