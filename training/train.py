@@ -6,8 +6,10 @@ weights with the best validation accuracy and how to rebuild the module), ``conf
 ``metrics.jsonl`` (one line per epoch), ``reference_stats.json`` (per-band statistics of the training
 features) and ``run.json`` (labels, frontend, data manifest sha256, torch version, best epoch).
 
-Augmentation is deliberately cheap and works on feature batches (see :class:`FeatureAugmenter`): a time
-shift, a gain, background noise mixed at a random SNR and SpecAugment masks.
+Batches come from the cached windows, augmented in the feature domain (cheap), or, when any waveform
+augmentation is on, from the clips' audio held in memory, augmented and put through the frontend by
+DataLoader workers while the model trains (see :mod:`training.augment`). Every epoch's metrics row says
+where its time went: ``augment_seconds``, ``data_wait_seconds`` and ``model_seconds``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader
 from tqdm import tqdm
 
-from service.frontend import FrontendConfig, LogMel
+from service.audio import read_audio
+from service.frontend import FrontendConfig
 from service.model_store import sha256_file
-from training.config import AugmentConfig, TrainConfig, config_to_json, load_config
+from training.augment import AugmentedWindows, FeatureAugmenter, WaveformAugmenter, noise_bank
+from training.config import TrainConfig, config_to_json, load_config
 from training.features import SplitFeatures, feature_stats, load_splits
 from training.losses import build_loss, build_sampler
 from training.models import ARCHITECTURES, build_model, count_parameters
@@ -42,8 +47,6 @@ METRICS_FILE = "metrics.jsonl"
 STATS_FILE = "reference_stats.json"
 RUN_FILE = "run.json"
 SILENCE = "_silence_"
-NOISE_KINDS = ("white", "pink", "brown", "hum", "band", "babble")
-DB_TO_NEPER_POWER = math.log(10.0) / 10.0  # a power ratio of x dB is a log difference of x * this
 
 
 # --------------------------------------------------------------------------------------------- seeds
@@ -57,99 +60,101 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# -------------------------------------------------------------------------------------- augmentation
+# ------------------------------------------------------------------------------------------- batches
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Raw windows ``(b, frames, n_mels)``, their labels ``(b,)`` and the seconds spent making each ``(b,)``."""
 
 
-def noise_bank(
-    frontend: FrontendConfig, window_frames: int, seed: int, seconds: float = 4.0, per_kind: int = 3
-) -> torch.Tensor:
-    """Log-Mel windows of synthetic background noise, ``(n, window_frames, n_mels)``, to mix into training.
+def cached_batches(data: SplitFeatures, index_batches: Iterable[list[int]]) -> Iterator[Batch]:
+    """Batches of cached windows; taking them costs nothing worth timing."""
+    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    for index in index_batches:
+        yield x_all[index], y_all[index], torch.zeros(len(index))
 
-    Uses the data pipeline's generators (coloured noise, hum, band noise, babble) when they are there,
-    otherwise coloured noise made here, so training never depends on a noise corpus.
+
+class TimedBatches:
+    """One epoch's raw batches as ``(x, y)``, timing how long the training loop waits for each.
+
+    ``make_seconds`` adds up the time spent making the windows (in worker processes, so it may exceed
+    the wait when the workers keep ahead of the model).
     """
-    rng = np.random.default_rng(seed)
-    n = max(int(seconds * frontend.sample_rate), frontend.n_samples(window_frames))
-    try:
-        from training.noise import make_noise
 
-        sources = [make_noise(kind, n, rng, frontend.sample_rate) for kind in NOISE_KINDS for _ in range(per_kind)]
-    except ImportError:  # pragma: no cover - only before training.noise exists
-        sources = [_coloured(n, exponent, rng) for exponent in (0.0, 1.0, 2.0) for _ in range(per_kind)]
-    logmel = LogMel(frontend)
-    frames = torch.from_numpy(np.stack([logmel.frames((0.1 * s).astype(np.float32)) for s in sources]))
-    windows = frames.unfold(1, window_frames, max(1, window_frames // 10))  # (clips, n_windows, n_mels, frames)
-    return windows.permute(0, 1, 3, 2).reshape(-1, window_frames, frontend.n_mels).contiguous()
+    def __init__(self, batches: Iterable[Batch], n_batches: int) -> None:
+        self.batches, self.n_batches = batches, n_batches
+        self.wait_seconds = self.make_seconds = 0.0
 
+    def __len__(self) -> int:
+        return self.n_batches
 
-def _coloured(n: int, exponent: float, rng: np.random.Generator) -> Any:
-    spectrum = np.fft.rfft(rng.standard_normal(n)) * np.maximum(np.arange(n // 2 + 1), 1) ** (-exponent / 2)
-    out = np.fft.irfft(spectrum, n=n)
-    return out / (np.sqrt(np.mean(out**2)) + 1e-12)
-
-
-def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=gen)
-
-
-def time_shift(x: torch.Tensor, max_frames: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift each window in time by up to ``max_frames``, repeating the edge frame (usually background)."""
-    if max_frames <= 0:
-        return x
-    b, t, f = x.shape
-    shifts = torch.randint(-max_frames, max_frames + 1, (b, 1), generator=gen)
-    index = (torch.arange(t).unsqueeze(0) - shifts).clamp(0, t - 1)
-    return x.gather(1, index.unsqueeze(-1).expand(b, t, f))
-
-
-def mix_noise(
-    x: torch.Tensor, noise: torch.Tensor, prob: float, snr_db: tuple[float, float], gen: torch.Generator
-) -> torch.Tensor:
-    """Add noise windows (same shape as ``x``'s) in the power domain, ``log(exp(x) + exp(n))``, at a random SNR."""
-    b = x.shape[0]
-    if prob <= 0.0 or noise.shape[0] == 0:
-        return x
-    chosen = noise[torch.randint(0, noise.shape[0], (b,), generator=gen)]
-    log_signal = torch.logsumexp(x.flatten(1), dim=1)
-    log_noise = torch.logsumexp(chosen.flatten(1), dim=1)
-    snr = _uniform(b, snr_db[0], snr_db[1], gen)
-    offset = (log_signal - log_noise - snr * DB_TO_NEPER_POWER).view(b, 1, 1)
-    mixed = torch.logaddexp(x, chosen + offset)
-    apply = (torch.rand(b, generator=gen) < prob).view(b, 1, 1)
-    return torch.where(apply, mixed, x)
-
-
-def spec_masks(x: torch.Tensor, axis: int, count: int, widest: int, gen: torch.Generator) -> torch.Tensor:
-    """SpecAugment: ``count`` masks up to ``widest`` wide along ``axis`` (1 time, 2 frequency), set to the mean."""
-    if count <= 0 or widest <= 0:
-        return x
-    b, size = x.shape[0], x.shape[axis]
-    positions = torch.arange(size).unsqueeze(0)
-    masked = torch.zeros(b, size, dtype=torch.bool)
-    for _ in range(count):
-        width = torch.randint(0, min(widest, size) + 1, (b, 1), generator=gen)
-        start = (torch.rand(b, 1, generator=gen) * (size - width + 1)).long()
-        masked |= (positions >= start) & (positions < start + width)
-    mask = masked.unsqueeze(2) if axis == 1 else masked.unsqueeze(1)
-    return torch.where(mask, x.mean(dim=(1, 2), keepdim=True), x)
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = iter(self.batches)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            self.wait_seconds += time.perf_counter() - started
+            if batch is None:
+                return
+            x, y, seconds = batch
+            self.make_seconds += float(seconds.sum())
+            yield x, y
 
 
 @dataclass
-class FeatureAugmenter:
-    """Applies :class:`AugmentConfig` to a batch of raw log-Mel windows ``(batch, frames, n_mels)``."""
+class TimedAugment:
+    """A feature augmenter that adds up the seconds it runs."""
 
-    config: AugmentConfig
-    noise: torch.Tensor
-    gen: torch.Generator
+    augment: Callable[[torch.Tensor], torch.Tensor]
+    seconds: float = 0.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        x = time_shift(x, c.time_shift_frames, self.gen)
-        if c.gain_db > 0:
-            x = x + (_uniform(x.shape[0], -c.gain_db, c.gain_db, self.gen) * DB_TO_NEPER_POWER).view(-1, 1, 1)
-        x = mix_noise(x, self.noise, c.noise_prob, c.snr_db, self.gen)
-        x = spec_masks(x, 1, c.time_masks, c.time_mask_frames, self.gen)
-        return spec_masks(x, 2, c.freq_masks, c.freq_mask_bands, self.gen)
+        started = time.perf_counter()
+        out = self.augment(x)
+        self.seconds += time.perf_counter() - started
+        return out
+
+
+def waveform_windows(
+    config: TrainConfig, records: Sequence[Any], labels: Sequence[str], frontend: FrontendConfig, progress: bool
+) -> AugmentedWindows:
+    """The train split's clips, read once into memory, as windows augmented on the fly (``training.augment``).
+
+    The clips are in manifest order, as the cached train split's windows are, so one sampler serves both.
+    """
+    rows = [r for r in records if r.split == "train"]
+    bar = tqdm(rows, desc="audio", unit="clip", disable=not progress, leave=False, file=sys.stderr)
+    audio = [read_audio(r.path, frontend.sample_rate) for r in bar]
+    background = [a for a, r in zip(audio, rows, strict=True) if r.label == SILENCE]
+    augmenter = WaveformAugmenter(config.augment.waveform, frontend.sample_rate, background)
+    augmenter.warm_up()
+    y = [labels.index(r.label) for r in rows]
+    return AugmentedWindows(audio, y, augmenter, frontend, config.window_frames, config.seed)
+
+
+def epoch_batches(
+    train_set: SplitFeatures,
+    windows: AugmentedWindows | None,
+    sampler: Iterable[int],
+    batch_size: int,
+    epoch: int,
+    workers: int,
+) -> TimedBatches:
+    """One epoch's batches in the sampler's order: cached windows, or ``windows`` made from audio by workers."""
+    index_batches = BatchSampler(sampler, batch_size, drop_last=False)
+    if windows is None:
+        return TimedBatches(cached_batches(train_set, index_batches), len(index_batches))
+    windows.epoch = epoch
+    loader = DataLoader(windows, batch_sampler=index_batches, num_workers=workers)
+    return TimedBatches(loader, len(loader))
+
+
+def epoch_times(batches: TimedBatches, augment: TimedAugment, train_seconds: float) -> dict[str, float]:
+    """Where an epoch's training time went: making and augmenting windows, waiting for them, the model."""
+    return {
+        "augment_seconds": round(batches.make_seconds + augment.seconds, 3),
+        "data_wait_seconds": round(batches.wait_seconds, 3),
+        "model_seconds": round(train_seconds - batches.wait_seconds - augment.seconds, 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -169,37 +174,31 @@ def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
 
 def train_epoch(
     model: nn.Module,
-    data: SplitFeatures,
+    batches: TimedBatches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: nn.Module,
     augment: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-    sampler: Iterable[int],
     progress: bool,
     desc: str,
 ) -> tuple[float, float]:
-    """One pass over the windows in ``sampler``'s order; returns (mean loss, accuracy on the augmented batches)."""
+    """One pass over an epoch's raw ``batches``; returns (mean loss, accuracy on the augmented batches)."""
     model.train()
-    order = torch.tensor(list(sampler), dtype=torch.long)
-    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     total_loss, correct, seen = 0.0, 0, 0
-    batches = range(0, len(order), batch_size)
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, file=sys.stderr)
-    for start in bar:
-        index = order[start : start + batch_size]
-        if len(index) < 2:  # batch norm needs two samples
+    for raw, y in bar:
+        if len(y) < 2:  # batch norm needs two samples
             continue
-        x, y = augment(x_all[index]), y_all[index]
+        x = augment(raw)
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(index)
+        total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
-        seen += len(index)
+        seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
@@ -273,6 +272,11 @@ def train(
     if SILENCE in labels:  # the data set's own background windows are noise too
         noise = torch.cat([noise, torch.from_numpy(train_set.x[train_set.y == labels.index(SILENCE)])])
     augment = FeatureAugmenter(config.augment, noise, gen)
+    windows = None
+    if config.augment.waveform.enabled:
+        if features is not None:
+            raise ValueError("waveform augmentation needs the manifest's clips; it cannot train on given features")
+        windows = waveform_windows(config, read_manifest(config.data), labels, frontend, progress)
 
     model = build_model(config.arch, len(labels), config.window_frames, frontend.n_mels, config.arch_options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -288,9 +292,10 @@ def train(
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         desc = f"epoch {epoch}/{config.epochs}"
-        loss, train_acc = train_epoch(
-            model, train_set, optimizer, scheduler, loss_fn, augment, config.batch_size, sampler, progress, desc
-        )
+        batches = epoch_batches(train_set, windows, sampler, config.batch_size, epoch, config.augment.waveform.workers)
+        timed_augment = TimedAugment(augment)
+        loss, train_acc = train_epoch(model, batches, optimizer, scheduler, loss_fn, timed_augment, progress, desc)
+        times = epoch_times(batches, timed_augment, time.perf_counter() - started)
         val_acc = accuracy(predict(model, val_set.x), val_set.y)
         row = {
             "epoch": epoch,
@@ -299,6 +304,7 @@ def train(
             "val_accuracy": round(val_acc, 5),
             "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.perf_counter() - started, 2),
+            **times,
         }
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
