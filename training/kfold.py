@@ -2,7 +2,9 @@
 
 The folds partition the voices of the manifest's train and val splits (the test voices are never used)
 with scikit-learn's ``StratifiedGroupKFold``: no voice is in two folds, so every score is on unheard
-voices, and each fold's label mix is as close to the whole's as whole voices allow. Fold i's model
+voices, and each fold's label mix is as close to the whole's as whole voices allow. Generated noise
+clips (``_silence_``) have no speaker, only a per-split placeholder voice, so each is a group of its own and
+silence spreads over the folds like any other label. Fold i's model
 trains on the other folds for the config's epochs and is scored on fold i. The held-out fold is
 watched (its per-epoch accuracy is in the fold's ``metrics.jsonl``) but never chooses the model: the
 last epoch is kept and early stopping is off, so the scores are not tuned to the folds they report.
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from service.frontend import FrontendConfig
 from training.config import RUNS_DIR, TrainConfig
+from training.data import SOURCE_NOISE, ClipRecord
 from training.evaluate import classification_report
 from training.features import SplitFeatures, load_splits
 from training.train import CHECKPOINT_FILE, add_config_arguments, load_checkpoint, predict, resolve_config, train
@@ -51,6 +54,8 @@ class MetricSummary(BaseModel):
 
 
 class FoldInfo(BaseModel):
+    """A held-out fold: its clips' voices (a noise placeholder voice may be in several folds) and sizes."""
+
     voices: list[str]
     n_train: int
     n_heldout: int
@@ -64,10 +69,15 @@ class KFoldReport(BaseModel):
     metrics: dict[str, MetricSummary]
 
 
+def fold_group(record: ClipRecord) -> str:
+    """What must stay within one fold: the clip's voice, or the clip itself for generated noise (no speaker)."""
+    return f"{record.voice}/{record.path.name}" if record.source == SOURCE_NOISE else record.voice
+
+
 def voice_folds(
     y: npt.NDArray[np.int64], voices: Sequence[str], k: int, seed: int
 ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
-    """``k`` (train indices, held-out indices) pairs; each voice is held out in exactly one fold."""
+    """``k`` (train indices, held-out indices) pairs; each voice (group) is held out in exactly one fold."""
     if len(set(voices)) < k:
         raise ValueError(f"{k} folds need at least {k} voices; the train and val splits have {len(set(voices))}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -117,19 +127,18 @@ def markdown_table(report: KFoldReport) -> str:
 def pooled_features(
     config: TrainConfig,
     labels: Sequence[str],
-    read_manifest: Callable[[Path], Sequence[Any]],
+    read_manifest: Callable[[Path], Sequence[ClipRecord]],
     frontend: FrontendConfig,
     progress: bool,
-) -> tuple[SplitFeatures, list[str]]:
-    """The train and val splits' windows together, with each window's voice (manifest order, as the cache)."""
+) -> tuple[SplitFeatures, list[ClipRecord]]:
+    """The train and val splits' windows together, with each window's clip (manifest order, as the cache)."""
     records = read_manifest(config.data)
     splits = load_splits(
         config.data, labels, frontend, config.window_frames, read=read_manifest, splits=POOLED_SPLITS, progress=progress
     )
     x = np.concatenate([splits[s].x for s in POOLED_SPLITS])
     y = np.concatenate([splits[s].y for s in POOLED_SPLITS])
-    voices = [r.voice for s in POOLED_SPLITS for r in records if r.split == s]
-    return SplitFeatures(x=x, y=y), voices
+    return SplitFeatures(x=x, y=y), [r for s in POOLED_SPLITS for r in records if r.split == s]
 
 
 def cross_validate(
@@ -138,14 +147,14 @@ def cross_validate(
     out_dir: Path,
     *,
     labels: Sequence[str],
-    read_manifest: Callable[[Path], Sequence[Any]],
+    read_manifest: Callable[[Path], Sequence[ClipRecord]],
     frontend: FrontendConfig | None = None,
     progress: bool = True,
 ) -> KFoldReport:
     """Train and score one model per fold; write ``kfold.json`` and ``kfold.md`` into ``out_dir``."""
     frontend = frontend or FrontendConfig()
-    pooled, voices = pooled_features(config, labels, read_manifest, frontend, progress)
-    folds = voice_folds(pooled.y, voices, k, config.seed)
+    pooled, clips = pooled_features(config, labels, read_manifest, frontend, progress)
+    folds = voice_folds(pooled.y, [fold_group(c) for c in clips], k, config.seed)
     infos, per_fold = [], []
     for i, (train_idx, held_idx) in enumerate(tqdm(folds, desc="folds", unit="fold", disable=not progress)):
         fold_config = config.model_copy(update={"out": out_dir / f"fold-{i + 1}", "keep": "last", "patience": None})
@@ -165,7 +174,7 @@ def cross_validate(
         scores = torch.from_numpy(predict(model, features["val"].x)).softmax(dim=1).numpy()
         per_fold.append(flat_metrics(classification_report(scores, features["val"].y, labels)))
         infos.append(
-            FoldInfo(voices=sorted({voices[j] for j in held_idx}), n_train=len(train_idx), n_heldout=len(held_idx))
+            FoldInfo(voices=sorted({clips[j].voice for j in held_idx}), n_train=len(train_idx), n_heldout=len(held_idx))
         )
     report = KFoldReport(
         k=k, seed=config.seed, data_manifest=str(config.data), folds=infos, metrics=summarize(per_fold)

@@ -11,9 +11,17 @@ import pytest
 
 from tests.fixtures_data import write_tone_dataset
 from training.config import TrainConfig
-from training.data import LABELS
+from training.data import LABELS, ClipRecord
 from training.data import read_manifest as read_data_manifest
-from training.kfold import REPORT_FILE, TABLE_FILE, KFoldReport, cross_validate, summarize, voice_folds
+from training.kfold import (
+    REPORT_FILE,
+    TABLE_FILE,
+    KFoldReport,
+    cross_validate,
+    fold_group,
+    summarize,
+    voice_folds,
+)
 from training.train import METRICS_FILE, RUN_FILE
 
 K = 3
@@ -47,6 +55,21 @@ def test_folds_are_stratified() -> None:
     overall = np.bincount(y) / len(y)
     for _, held in voice_folds(y, voices, K, seed=0):
         assert np.abs(np.bincount(y[held], minlength=3) / len(held) - overall).max() < 0.05
+
+
+def test_generated_noise_spreads_over_the_folds_while_speech_stays_by_voice() -> None:
+    """Silence clips share a placeholder voice but no speaker: each is its own group, so every fold gets some."""
+    speech = [ClipRecord(Path(f"yes/{i}.wav"), "yes", "train", f"v{i % 6}", "espeak-ng") for i in range(60)]
+    noise = [ClipRecord(Path(f"_silence_/{i}.wav"), "_silence_", "train", "noise-train", "noise") for i in range(30)]
+    records = speech + noise
+    groups = [fold_group(r) for r in records]
+    assert len(set(groups[60:])) == 30 and set(groups[:60]) == {f"v{i}" for i in range(6)}
+    y = np.array([0] * 60 + [1] * 30)
+    for train_idx, held_idx in voice_folds(y, groups, K, seed=0):
+        assert 5 <= int((y[held_idx] == 1).sum()) <= 15
+        assert not {records[i].voice for i in train_idx[y[train_idx] == 0]} & {
+            records[i].voice for i in held_idx[y[held_idx] == 0]
+        }
 
 
 def test_too_few_voices_for_the_folds_is_an_error() -> None:
