@@ -127,7 +127,7 @@ class SpeechEmbedding(nn.Module):
             layers.append(nn.MaxPool2d(pool))
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
-        self.project = nn.Conv2d(c_in, EMBEDDING_DIM, (3, 1), bias=False)
+        self.project = nn.Sequential(nn.Conv2d(c_in, EMBEDDING_DIM, (3, 1), bias=False))  # to [B, 96, 1, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)

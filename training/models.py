@@ -12,6 +12,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from training.backbone import OwwTransfer
+
 Norm = Literal["none", "utterance"]
 
 
@@ -243,6 +245,7 @@ ARCHITECTURES: dict[str, Factory] = {
     "dscnn": DSCNN,
     "crnn": CRNN,
     "tcn": TCN,
+    "oww_transfer": OwwTransfer,  # openWakeWord's pretrained speech embedding and a new head (training.backbone)
 }
 
 

@@ -15,13 +15,17 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR
 
 
 def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> LRScheduler:
-    """The schedule ``name`` over ``total_steps`` optimizer steps, peaking at (one-cycle) or starting from ``lr``."""
+    """The schedule ``name`` over ``total_steps`` optimizer steps, peaking at (one-cycle) or starting from ``lr``.
+
+    A parameter group's ``lr_scale`` (default 1) scales its rate throughout, e.g. a pretrained backbone's.
+    """
     steps = max(total_steps, 1)
+    rates = [lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     if name == "onecycle":
-        return OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+        return OneCycleLR(optimizer, max_lr=rates, total_steps=steps)
     if name == "cosine":
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
         return CosineAnnealingLR(optimizer, T_max=steps)
     raise ValueError(f"unknown schedule {name!r}; choose onecycle or cosine")
 

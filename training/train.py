@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -232,6 +232,46 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, checkpoint
 
 
+# ------------------------------------------------------------------- what an architecture may ask for
+
+
+@runtime_checkable
+class Staged(Protocol):
+    """A model that stages its own training (a pretrained backbone, ``training.backbone``): optimizer groups
+    whose ``lr_scale`` multiplies the run's learning rate, and which parameters learn in each epoch."""
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """The model's own optimizer groups when it is :class:`Staged`, else one group of every parameter."""
+    return model.param_groups() if isinstance(model, Staged) else [{"params": list(model.parameters())}]
+
+
+def architecture_frontend(arch: str) -> FrontendConfig:
+    """The features an architecture is trained on: its class's ``frontend`` (a backbone's input), else the default."""
+    frontend = getattr(ARCHITECTURES.get(arch), "frontend", None)
+    return frontend if isinstance(frontend, FrontendConfig) else FrontendConfig()
+
+
+def log_power_augmenter(
+    config: TrainConfig, noise: torch.Tensor, gen: torch.Generator, frontend: FrontendConfig
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:class:`FeatureAugmenter` on features of any log kind.
+
+    Its gain and noise mixing take features to be ln(power); features of another kind (a backbone's scaled
+    dB) are mapped there and back through ``frontend.log_power_affine``, then floored as the frontend does.
+    """
+    a, b = frontend.log_power_affine
+    if (a, b) == (1.0, 0.0):
+        return FeatureAugmenter(config.augment, noise, gen)
+    inner = FeatureAugmenter(config.augment, (noise - b) / a, gen)
+    floor = frontend.feature_floor
+    return lambda x: torch.clamp_min(inner((x - b) / a) * a + b, floor)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -247,7 +287,7 @@ def train(
     ``features`` replaces the manifest's ``train`` and ``val`` splits (k-fold passes each fold's windows);
     ``on_epoch`` sees every epoch's metrics row and may raise to end the run (a tuning trial's pruning).
     """
-    frontend = frontend or FrontendConfig()
+    frontend = frontend or architecture_frontend(config.arch)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -271,7 +311,7 @@ def train(
     noise = noise_bank(frontend, config.window_frames, config.seed)
     if SILENCE in labels:  # the data set's own background windows are noise too
         noise = torch.cat([noise, torch.from_numpy(train_set.x[train_set.y == labels.index(SILENCE)])])
-    augment = FeatureAugmenter(config.augment, noise, gen)
+    augment = log_power_augmenter(config, noise, gen, frontend)
     windows = None
     if config.augment.waveform.enabled:
         if features is not None:
@@ -279,7 +319,7 @@ def train(
         windows = waveform_windows(config, read_manifest(config.data), labels, frontend, progress)
 
     model = build_model(config.arch, len(labels), config.window_frames, frontend.n_mels, config.arch_options)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(train_set) / config.batch_size)
     scheduler = build_scheduler(config.schedule, optimizer, config.lr, steps)
     loss_fn = build_loss(config, labels)
@@ -292,6 +332,8 @@ def train(
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         desc = f"epoch {epoch}/{config.epochs}"
+        if isinstance(model, Staged):
+            model.start_epoch(epoch)
         batches = epoch_batches(train_set, windows, sampler, config.batch_size, epoch, config.augment.waveform.workers)
         timed_augment = TimedAugment(augment)
         loss, train_acc = train_epoch(model, batches, optimizer, scheduler, loss_fn, timed_augment, progress, desc)

@@ -34,7 +34,7 @@ from training.explain import (
 from training.export import export_run
 from training.features import clip_window
 from training.models import ARCHITECTURES, build_model
-from training.train import CHECKPOINT_FILE, train
+from training.train import CHECKPOINT_FILE, architecture_frontend, train
 
 SR = 16_000
 ONSET_S, LENGTH_S = 0.25, 0.5
@@ -88,8 +88,9 @@ def test_maps_concentrate_on_the_tone(run_dir: Path, tmp_path: Path, label: str)
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_gradcam_fits_the_input_for_every_architecture(arch: str) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, len(LABELS), 98, 40).eval()
-    window = np.random.default_rng(0).normal(-5.0, 2.0, (98, 40)).astype(np.float32)
+    mels = architecture_frontend(arch).n_mels
+    model = build_model(arch, len(LABELS), 98, mels).eval()
+    window = np.random.default_rng(0).normal(-5.0, 2.0, (98, mels)).astype(np.float32)
     layer = gradcam_layer(model, window)
     assert any(isinstance(m, nn.Conv1d | nn.Conv2d) for m in layer.modules())
     for target in range(3):

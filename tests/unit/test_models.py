@@ -14,6 +14,7 @@ from service.runner import create_session
 from training.config import load_config
 from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, export_onnx
 from training.models import ARCHITECTURES, AttentionPool, build_model, count_parameters
+from training.train import architecture_frontend
 
 N_CLASSES, FRAMES, MELS = 12, 98, 40
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
@@ -21,24 +22,25 @@ CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 BUDGETS = {"dscnn": 100_000, "crnn": 150_000, "tcn": 150_000}
 
 
-def trained_looking(model: nn.Module) -> nn.Module:
+def trained_looking(model: nn.Module, mels: int = MELS) -> nn.Module:
     """Give batch norm non-trivial running statistics (as after training), then switch to eval mode."""
     torch.manual_seed(0)
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(8, FRAMES, MELS) * 3.0 - 5.0)
+            model(torch.randn(8, FRAMES, mels) * 3.0 - 5.0)
     return model.eval()
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_architecture_exports_to_onnx_with_a_dynamic_batch(arch: str, tmp_path: Path) -> None:
-    model = trained_looking(build_model(arch, N_CLASSES, FRAMES, MELS))
-    path = export_onnx(model, tmp_path / f"{arch}.onnx", FRAMES, MELS)
+    mels = architecture_frontend(arch).n_mels  # a pretrained backbone takes its own bands
+    model = trained_looking(build_model(arch, N_CLASSES, FRAMES, mels), mels)
+    path = export_onnx(model, tmp_path / f"{arch}.onnx", FRAMES, mels)
     session = create_session(path, 1)
     rng = np.random.default_rng(1)
     for batch in (1, 5):
-        x = rng.normal(-5.0, 3.0, (batch, FRAMES, MELS)).astype(np.float32)
+        x = rng.normal(-5.0, 3.0, (batch, FRAMES, mels)).astype(np.float32)
         (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
@@ -49,10 +51,11 @@ def test_every_architecture_exports_to_onnx_with_a_dynamic_batch(arch: str, tmp_
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
 def test_recipes_build_models_within_their_parameter_budget(recipe: Path) -> None:
     config = load_config(recipe)
-    model = build_model(config.arch, N_CLASSES, FRAMES, MELS, config.arch_options)
+    mels = architecture_frontend(config.arch).n_mels
+    model = build_model(config.arch, N_CLASSES, FRAMES, mels, config.arch_options)
     if config.arch in BUDGETS:
         assert count_parameters(model) < BUDGETS[config.arch]
-    assert model.eval()(torch.randn(2, FRAMES, MELS)).shape == (2, N_CLASSES)
+    assert model.eval()(torch.randn(2, FRAMES, mels)).shape == (2, N_CLASSES)
 
 
 @pytest.mark.parametrize("arch", sorted(BUDGETS))

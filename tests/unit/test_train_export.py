@@ -23,7 +23,14 @@ from training.data import read_manifest as read_data_manifest
 from training.export import ParityError, check_parity, export_onnx, export_run
 from training.features import clip_window, extract, feature_stats, load_splits, pad_to
 from training.models import ARCHITECTURES, build_model
-from training.train import CHECKPOINT_FILE, METRICS_FILE, load_checkpoint, resolve_config, train
+from training.train import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    architecture_frontend,
+    load_checkpoint,
+    resolve_config,
+    train,
+)
 
 SR = 16_000
 
@@ -82,8 +89,9 @@ def test_feature_stats_are_per_band() -> None:
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_architectures_map_windows_to_logits(arch: str) -> None:
-    model = build_model(arch, len(LABELS), 98, 40).eval()
-    assert model(torch.randn(3, 98, 40)).shape == (3, len(LABELS))
+    mels = architecture_frontend(arch).n_mels
+    model = build_model(arch, len(LABELS), 98, mels).eval()
+    assert model(torch.randn(3, 98, mels)).shape == (3, len(LABELS))
 
 
 def test_utterance_norm_ignores_level() -> None:
