@@ -21,8 +21,10 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
+# openwakeword ships the pretrained backbone's ONNX files (training/backbone.py); --no-deps: its deps pull in tflite.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps openwakeword==0.5.1
 	@touch $@ $(SERVE_STAMP)
 
 .PHONY: system-deps
