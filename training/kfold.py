@@ -34,7 +34,15 @@ from training.config import RUNS_DIR, TrainConfig
 from training.data import SOURCE_NOISE, ClipRecord
 from training.evaluate import classification_report
 from training.features import SplitFeatures, load_splits
-from training.train import CHECKPOINT_FILE, add_config_arguments, load_checkpoint, predict, resolve_config, train
+from training.train import (
+    CHECKPOINT_FILE,
+    add_config_arguments,
+    architecture_frontend,
+    load_checkpoint,
+    predict,
+    resolve_config,
+    train,
+)
 
 REPORT_FILE = "kfold.json"
 TABLE_FILE = "kfold.md"
@@ -152,7 +160,7 @@ def cross_validate(
     progress: bool = True,
 ) -> KFoldReport:
     """Train and score one model per fold; write ``kfold.json`` and ``kfold.md`` into ``out_dir``."""
-    frontend = frontend or FrontendConfig()
+    frontend = frontend or architecture_frontend(config.arch)
     pooled, clips = pooled_features(config, labels, read_manifest, frontend, progress)
     folds = voice_folds(pooled.y, [fold_group(c) for c in clips], k, config.seed)
     infos, per_fold = [], []

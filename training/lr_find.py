@@ -30,7 +30,7 @@ from training.config import RUNS_DIR, TrainConfig
 from training.features import load_splits
 from training.losses import build_loss, build_sampler
 from training.models import build_model
-from training.train import add_config_arguments, resolve_config, seed_everything
+from training.train import add_config_arguments, architecture_frontend, resolve_config, seed_everything
 
 PLOT_FILE = "lr_find.png"
 RESULT_FILE = "lr_find.json"
@@ -63,7 +63,7 @@ def find_lr(
     progress: bool = True,
 ) -> LrFindResult:
     """Run the range test on the manifest's train split with the config's model, loss, sampler and optimizer."""
-    frontend = frontend or FrontendConfig()
+    frontend = frontend or architecture_frontend(config.arch)
     torch.set_num_threads(config.threads)
     gen = seed_everything(config.seed)
     train_set = load_splits(

@@ -28,7 +28,7 @@ from service.frontend import FrontendConfig
 from training.config import RUNS_DIR, TrainConfig, config_to_json
 from training.features import SplitFeatures, load_splits
 from training.models import ARCHITECTURES
-from training.train import add_config_arguments, resolve_config, train
+from training.train import add_config_arguments, architecture_frontend, resolve_config, train
 
 TRIALS_CSV = "trials.csv"
 TRIALS_TABLE = "trials.md"
@@ -154,7 +154,7 @@ def tune(
     progress: bool = True,
 ) -> optuna.Study:
     """Run the search; write the results table and the best config into ``out_dir``; return the study."""
-    frontend = frontend or FrontendConfig()
+    frontend = frontend or architecture_frontend(base.arch)
     features: dict[str, SplitFeatures] | None = None
     if not base.augment.waveform.enabled:  # cached windows: read once, shared by every trial
         features = load_splits(
