@@ -38,13 +38,19 @@ from service.batcher import Batcher, BatcherPool
 from service.config import Settings
 from service.logging import get_logger
 from service.metrics import ControlHandler, HarkMetrics
-from service.model_store import InvalidModelName, LoadedModel, ModelNotFound, ModelStore, validate_model_name
+from service.model_store import (
+    CONTROL_CSV,
+    CONTROL_DIR,
+    InvalidModelName,
+    LoadedModel,
+    ModelNotFound,
+    ModelStore,
+    validate_model_name,
+)
 from service.session import StreamSession, Window
 
 FloatArray = npt.NDArray[np.float32]
 
-CONTROL_DIR = "control"
-CONTROL_CSV = "control.csv"
 CHUNK_S = 0.1  # what a microphone client sends
 MAX_CLIPS = 1000
 

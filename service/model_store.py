@@ -31,6 +31,8 @@ from service.runner import ModelRunner, create_session
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+CONTROL_DIR = "control"  # optional: labelled clips the server runs through its live path (service.control)
+CONTROL_CSV = "control.csv"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
@@ -364,12 +366,14 @@ def publish_version(
     onnx_file: Path,
     version: int | None = None,
     extra_files: Mapping[str, Path] | None = None,
+    extra_dirs: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write ``onnx_file`` and its manifest as a new version of ``manifest_fields['name']``, atomically.
 
     ``manifest_fields`` is every manifest field but ``version``, ``sha256``, ``size_bytes`` and
     ``created_at``, which are filled here. ``extra_files`` (file name -> source) are copied in beside them,
-    such as evaluation reports, so the version appears whole. Returns the new version folder.
+    such as evaluation reports, and ``extra_dirs`` (folder name -> source folder) likewise, such as the
+    control set, so the version appears whole. Returns the new version folder.
     """
     name = validate_model_name(str(manifest_fields["name"]))
     model_dir = Path(root) / name
@@ -394,6 +398,10 @@ def publish_version(
             if Path(file_name).name != file_name or file_name in (MODEL_FILE, MANIFEST_FILE):
                 raise ValueError(f"extra file name {file_name!r} must be a plain name other than the model's")
             shutil.copyfile(source, staging / file_name)
+        for dir_name, source in (extra_dirs or {}).items():
+            if Path(dir_name).name != dir_name or dir_name in (MODEL_FILE, MANIFEST_FILE):
+                raise ValueError(f"extra folder name {dir_name!r} must be a plain name other than the model's")
+            shutil.copytree(source, staging / dir_name, symlinks=False)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         os.chmod(staging, 0o755)
         staging.rename(final)

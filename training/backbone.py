@@ -42,6 +42,7 @@ PACKAGE = "openwakeword"
 PACKAGE_VERSION = "0.5.1"
 MEL_MODEL = "melspectrogram.onnx"
 EMBEDDING_MODEL = "embedding_model.onnx"
+NOTICE = Path(__file__).with_name("NOTICE-openwakeword.md")  # shipped inside every version built on it
 SUB_WINDOW_FRAMES = 76
 """Frames the embedding model takes (0.775 s)."""
 BANDS = 32

@@ -10,6 +10,7 @@ server's own :func:`service.model_store.load_version`, and only then publish it 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import statistics
@@ -17,7 +18,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,19 @@ import torch
 from torch import nn
 
 from service.frontend import FrontendConfig
-from service.model_store import FeatureStats, VerificationError, load_version, publish_version, sha256_file
+from service.model_store import (
+    CONTROL_CSV,
+    CONTROL_DIR,
+    FeatureStats,
+    VerificationError,
+    load_version,
+    publish_version,
+    sha256_file,
+)
 from service.runner import create_session, softmax
+from training import backbone
 from training.config import TrainConfig, load_config
+from training.data import ClipRecord
 from training.evaluate import DIGITS, REPORT_FILES, classification_report, evaluation_summary, rounded, write_report
 from training.features import SplitFeatures, load_splits
 from training.models import count_parameters
@@ -42,6 +54,7 @@ BACKGROUND_LABELS = ("_silence_", "_unknown_")
 PARITY_TOLERANCE = 1e-4
 PARITY_WINDOWS = 64
 OPSET = 17
+CONTROL_PER_CLASS = 3  # 36 clips for twelve classes: "a few dozen", about 1 MB beside the model
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -149,6 +162,52 @@ def evaluate_onnx(
     }
 
 
+def class_prior(records: Iterable[ClipRecord], labels: Sequence[str]) -> dict[str, float]:
+    """The training split's share of each label: what prediction drift compares live traffic with."""
+    counts = Counter(r.label for r in records if r.split == "train")
+    total = sum(counts[label] for label in labels)
+    if total == 0:
+        raise ValueError("the data manifest has no training clips of the model's labels")
+    return {label: round(counts[label] / total, DIGITS) for label in labels}
+
+
+def pick_control_clips(
+    records: Iterable[ClipRecord], labels: Sequence[str], per_class: int = CONTROL_PER_CLASS, seed: int = 0
+) -> list[ClipRecord]:
+    """``per_class`` test clips of each label (unheard voices), as many different voices as there are."""
+    rng = np.random.default_rng(seed)
+    picked: list[ClipRecord] = []
+    test = [r for r in records if r.split == "test"]
+    for label in labels:
+        pool = sorted((r for r in test if r.label == label), key=lambda r: str(r.path))
+        by_voice: dict[str, list[ClipRecord]] = {}
+        for r in (pool[i] for i in rng.permutation(len(pool))):
+            by_voice.setdefault(r.voice, []).append(r)
+        rounds = zip(*by_voice.values(), strict=False) if by_voice else iter(())
+        ordered = [r for group in rounds for r in group] + pool  # one per voice first, then anything
+        chosen: list[ClipRecord] = []
+        for r in ordered:
+            if r not in chosen:
+                chosen.append(r)
+            if len(chosen) == per_class:
+                break
+        picked += chosen
+    return picked
+
+
+def write_control_set(clips: Sequence[ClipRecord], out_dir: Path) -> Path:
+    """Copy the clips into ``out_dir`` with the ``control.csv`` the server's control check reads."""
+    out_dir.mkdir(parents=True)
+    with (out_dir / CONTROL_CSV).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for i, clip in enumerate(clips):
+            name = f"{i:03d}-{clip.label}.wav"
+            shutil.copyfile(clip.path, out_dir / name)
+            writer.writerow([name, clip.label])
+    return out_dir
+
+
 def manifest_fields(
     name: str,
     labels: Sequence[str],
@@ -212,6 +271,7 @@ def export_run(
     )
     if len(splits["test"]) == 0:
         raise ValueError(f"{manifest} has no test clips to measure the model on")
+    records = read_manifest(manifest)
 
     with tempfile.TemporaryDirectory(prefix="hark-export-") as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx", config.window_frames, frontend.n_mels)
@@ -222,14 +282,18 @@ def export_run(
             **evaluate_onnx(onnx_path, splits, labels, splits["test"].x[0], report_dir, **data_context),
             "parameters": count_parameters(model),
             "parity_max_abs_diff": diff,
+            "class_prior": class_prior(records, labels),
         }
         fields = manifest_fields(name, labels, frontend, config, run, stats, metrics)
         # Where the weights came from: `hark explain` needs the torch checkpoint and checks it is this one.
         fields["training"] |= {"run_dir": str(run_dir), "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT_FILE)}
         reports = {file_name: report_dir / file_name for file_name in REPORT_FILES}
-        scratch = publish_version(Path(tmp) / "store", fields, onnx_path, version, reports)
+        if config.arch == "oww_transfer":  # the backbone's weights travel with the version, so its terms do too
+            reports["NOTICE.md"] = backbone.NOTICE
+        control = {CONTROL_DIR: write_control_set(pick_control_clips(records, labels), Path(tmp) / CONTROL_DIR)}
+        scratch = publish_version(Path(tmp) / "store", fields, onnx_path, version, reports, control)
         load_version(scratch)  # the server's checks, before the real store sees anything
-        final = publish_version(store, fields, onnx_path, version, reports)
+        final = publish_version(store, fields, onnx_path, version, reports, control)
     try:
         load_version(final)
     except Exception:

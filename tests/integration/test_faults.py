@@ -340,7 +340,8 @@ async def test_failed_streams_leave_no_state_behind(start_hark: StartHark, tiny_
     # the call; give the clients that moment, then nothing may be left.
     for _ in range(40):
         gc.collect()
-        if not (alive := [o for o in gc.get_objects() if isinstance(o, StreamSession)]):
+        # type() rather than isinstance(): the heap may hold dead weakref proxies, which raise on isinstance
+        if not (alive := [o for o in gc.get_objects() if type(o) is StreamSession]):
             break
         await asyncio.sleep(0.05)
     assert alive == []

@@ -262,6 +262,7 @@ def test_backbone_and_head_publish_as_one_onnx_version_the_server_verifies(trans
     assert m.frontend == BACKBONE_FRONTEND
     assert m.input.shape == ["batch", 98, 32] and m.output.shape == ["batch", len(LABELS)]
     assert [p.name for p in version.glob("*.onnx")] == [MODEL_FILE]
+    assert "CC BY-NC-SA 4.0" in (version / "NOTICE.md").read_text()  # the backbone's terms travel with it
     assert m.metrics["parity_max_abs_diff"] <= 1e-4
     # Pure tones that differ in pitch alone are far from the speech the backbone learned (it is built to
     # ignore pitch), so six short epochs lift it well above chance (1/12), not to the DS-CNN's 100%.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from training.augment import FeatureAugmenter, mix_noise, spec_masks, time_shift
 from training.config import AugmentConfig, TrainConfig, load_config
 from training.data import LABELS
 from training.data import read_manifest as read_data_manifest
-from training.export import ParityError, check_parity, export_onnx, export_run
+from training.export import CONTROL_PER_CLASS, ParityError, check_parity, export_onnx, export_run
 from training.features import clip_window, extract, feature_stats, load_splits, pad_to
 from training.models import ARCHITECTURES, build_model
 from training.train import (
@@ -202,6 +203,21 @@ def test_export_publishes_a_version_the_server_loads(run_dir: Path, manifest: Pa
     scores = loaded.runner.run(np.zeros((5, 98, 40), dtype=np.float32))  # the dynamic batch dimension
     assert scores.shape == (5, 12)
     assert export_run(run_dir, tmp_path / "store", "keywords").name == "2"  # versions are never overwritten
+
+
+def test_export_ships_a_control_set_and_the_training_prior(run_dir: Path, manifest: Path, tmp_path: Path) -> None:
+    """Accuracy drift needs labelled clips beside the version; prediction drift needs the training prior."""
+    version_dir = export_run(run_dir, tmp_path / "store", "keywords")
+    records = read_data_manifest(manifest)
+    test_clips = {sha256_file(r.path): r.label for r in records if r.split == "test"}
+    with (version_dir / "control" / "control.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == min(CONTROL_PER_CLASS, PER_SPLIT["test"]) * len(LABELS)
+    for row in rows:  # each one a test clip (an unheard voice), under its own label
+        assert test_clips[sha256_file(version_dir / "control" / row["path"])] == row["label"]
+    prior = read_manifest(version_dir).metrics["class_prior"]
+    assert list(prior) == list(LABELS) and sum(prior.values()) == pytest.approx(1.0, abs=1e-3)
+    assert prior["yes"] == pytest.approx(1 / len(LABELS), abs=1e-3)  # the tone set is balanced
 
 
 def test_parity_check_catches_a_different_model(run_dir: Path, tmp_path: Path) -> None:
