@@ -194,6 +194,28 @@ def plot_roc(scores: FloatArray, y: IntArray, labels: Sequence[str], path: Path)
     return path
 
 
+def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Loss, train and val accuracy and learning rate per epoch (a run's ``metrics.jsonl``), best epoch marked."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(3, 1, figsize=(7.0, 7.5), sharex=True, layout="constrained")
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
+    ax_loss.set_ylabel("loss")
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], marker="o", label="train (augmented)")
+    ax_acc.plot(epochs, [r["val_accuracy"] for r in rows], marker="o", label="val (unheard voices)")
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))
+    ax_acc.axvline(int(best["epoch"]), color="grey", linestyle="--", label=f"best val, epoch {best['epoch']}")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend(loc="lower right", fontsize="small")
+    ax_lr.plot(epochs, [r["lr"] for r in rows], marker="o")
+    ax_lr.set_ylabel("learning rate (end of epoch)")
+    ax_lr.set_xlabel("epoch")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     out_dir: Path, scores: FloatArray, y: IntArray, labels: Sequence[str], **context: Any
 ) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from service.frontend import FrontendConfig
 from service.model_store import sha256_file
 from training.augment import AugmentedWindows, FeatureAugmenter, WaveformAugmenter, noise_bank
 from training.config import TrainConfig, config_to_json, load_config
+from training.evaluate import plot_training_curves, write_report
 from training.features import SplitFeatures, feature_stats, load_splits
 from training.losses import build_loss, build_sampler
 from training.models import ARCHITECTURES, build_model, count_parameters
@@ -46,6 +47,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATS_FILE = "reference_stats.json"
 RUN_FILE = "run.json"
+CURVES_FILE = "training_curves.png"
+VAL_REPORT_DIR = "val"
 SILENCE = "_silence_"
 
 
@@ -381,7 +384,21 @@ def train(
         "torch_version": torch.__version__,
     }
     (run_dir / RUN_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_plots(run_dir, val_set, labels)
     return run_dir
+
+
+def write_plots(run_dir: Path, val_set: SplitFeatures, labels: Sequence[str]) -> None:
+    """``training_curves.png`` from ``metrics.jsonl``, and the kept checkpoint's report on val under ``val/``.
+
+    The test split is left to ``hark export`` and ``hark eval``, which measure the exported ONNX file itself.
+    """
+    rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line]
+    plot_training_curves(rows, run_dir / CURVES_FILE)
+    if len(val_set):
+        model, _ = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        scores = torch.softmax(torch.from_numpy(predict(model, val_set.x)), dim=1).numpy()
+        write_report(run_dir / VAL_REPORT_DIR, scores, val_set.y, labels, split="val")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

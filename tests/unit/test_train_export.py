@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from PIL import Image
 
 from service.audio import read_audio
 from service.frontend import FrontendConfig, LogMel
@@ -169,6 +170,17 @@ def test_training_writes_a_run_folder(run_dir: Path) -> None:
     assert load_config(run_dir / "config.json").epochs == 2
     model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
     assert checkpoint["labels"] == list(LABELS) and not model.training
+
+
+def test_training_draws_its_curves_and_reports_the_kept_checkpoint_on_val(run_dir: Path) -> None:
+    with Image.open(run_dir / "training_curves.png") as image:
+        assert image.width > 300 and image.height > 300
+    report = json.loads((run_dir / "val" / "metrics.json").read_text())
+    assert report["split"] == "val" and report["n"] == PER_SPLIT["val"] * len(LABELS)
+    best = max(json.loads(line)["val_accuracy"] for line in (run_dir / METRICS_FILE).read_text().splitlines())
+    assert report["accuracy"] == pytest.approx(best, abs=1e-5)  # the report is of the epoch the run kept
+    for name in ("confusion_matrix.png", "roc.png"):
+        assert (run_dir / "val" / name).stat().st_size > 10_000
 
 
 def test_training_is_reproducible(run_dir: Path, manifest: Path, tmp_path: Path) -> None:
