@@ -13,7 +13,7 @@ import json
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +86,24 @@ async def stream_audio(
     pause_s: float = 0.0,
 ) -> list[hark_pb2.StreamResponse]:
     """One StreamClassify call, at full speed or with ``pause_s`` between chunks; returns its responses
-    (raises on a non-OK status)."""
+    (raises on a non-OK status).
 
-    async def requests() -> AsyncIterator[hark_pb2.StreamRequest]:
-        yield hark_pb2.StreamRequest(
-            config=hark_pb2.StreamConfig(sample_rate_hz=SAMPLE_RATE, encoding=hark_pb2.PCM_S16LE, model=model)
-        )
-        for chunk in pcm_chunks(samples, chunk_s=chunk_s):
-            yield hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=chunk))
-            if pause_s:
-                await asyncio.sleep(pause_s)
-
-    return [r async for r in stub.StreamClassify(requests())]
+    Audio follows the server's ``started`` answer, as a careful client's does: a grpc.aio client still
+    writing when the server refuses the config can report INTERNAL instead of the server's status
+    (grpc/grpc#36066), which would make the refusal counted here look like another error.
+    """
+    call = stub.StreamClassify()
+    config = hark_pb2.StreamConfig(sample_rate_hz=SAMPLE_RATE, encoding=hark_pb2.PCM_S16LE, model=model)
+    await call.write(hark_pb2.StreamRequest(config=config))
+    responses = [await call.read()]  # `started`, or the refusal raised as AioRpcError
+    for chunk in pcm_chunks(samples, chunk_s=chunk_s):
+        await call.write(hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=chunk)))
+        if pause_s:
+            await asyncio.sleep(pause_s)
+    await call.done_writing()
+    while (response := await call.read()) is not grpc.aio.EOF:
+        responses.append(response)
+    return responses
 
 
 async def failing_call(stub: hark_pb2_grpc.ClassifierStub) -> grpc.StatusCode:
