@@ -38,9 +38,9 @@ from training.train import (
     CHECKPOINT_FILE,
     add_config_arguments,
     architecture_frontend,
+    config_for_command,
     load_checkpoint,
     predict,
-    resolve_config,
     train,
 )
 
@@ -196,13 +196,7 @@ def cross_validate(
 def run(args: argparse.Namespace) -> int:
     from training import data
 
-    try:
-        config = resolve_config(args)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not config.data.is_file():
-        print(f"error: {config.data} does not exist; build it with `hark data build`", file=sys.stderr)
+    if (config := config_for_command(args)) is None:
         return 2
     out_dir = args.out or RUNS_DIR / f"{config.name}-kfold"
     try:

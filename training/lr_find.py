@@ -30,7 +30,7 @@ from training.config import RUNS_DIR, TrainConfig
 from training.features import load_splits
 from training.losses import build_loss, build_sampler
 from training.models import build_model
-from training.train import add_config_arguments, architecture_frontend, resolve_config, seed_everything
+from training.train import add_config_arguments, architecture_frontend, config_for_command, seed_everything
 
 PLOT_FILE = "lr_find.png"
 RESULT_FILE = "lr_find.json"
@@ -102,13 +102,7 @@ def find_lr(
 def run(args: argparse.Namespace) -> int:
     from training import data
 
-    try:
-        config = resolve_config(args)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not config.data.is_file():
-        print(f"error: {config.data} does not exist; build it with `hark data build`", file=sys.stderr)
+    if (config := config_for_command(args)) is None:
         return 2
     out_dir = args.out or default_out(config)
     try:

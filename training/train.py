@@ -422,6 +422,22 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.model_validate({**base.model_dump(), **overrides})
 
 
+def config_for_command(args: argparse.Namespace) -> TrainConfig | None:
+    """The command's config, with its data manifest present; else print why and return None (exit status 2).
+
+    For the commands that train on an existing data set (kfold, tune, lr-find); ``hark train`` can build one.
+    """
+    try:
+        config = resolve_config(args)
+    except (OSError, ValueError) as e:  # a missing or invalid config file (pydantic errors are ValueErrors)
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    if not config.data.is_file():
+        print(f"error: {config.data} does not exist; build it with `hark data build`", file=sys.stderr)
+        return None
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     from training import data
 

@@ -28,7 +28,7 @@ from service.frontend import FrontendConfig
 from training.config import RUNS_DIR, TrainConfig, config_to_json
 from training.features import SplitFeatures, load_splits
 from training.models import ARCHITECTURES
-from training.train import add_config_arguments, architecture_frontend, resolve_config, train
+from training.train import add_config_arguments, architecture_frontend, config_for_command, train
 
 TRIALS_CSV = "trials.csv"
 TRIALS_TABLE = "trials.md"
@@ -192,13 +192,7 @@ def tune(
 def run(args: argparse.Namespace) -> int:
     from training import data
 
-    try:
-        config = resolve_config(args)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not config.data.is_file():
-        print(f"error: {config.data} does not exist; build it with `hark data build`", file=sys.stderr)
+    if (config := config_for_command(args)) is None:
         return 2
     out_dir = args.out or RUNS_DIR / f"{config.name}-tune"
     config = config.model_copy(update={"out": None})  # --out names the search's folder, not a run's
