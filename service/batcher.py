@@ -1,10 +1,10 @@
 """Dynamic batching across every stream: windows in, probabilities out, the event loop never blocked.
 
-Modelled on MLServer's adaptive batcher: callers put ``(window, future)`` on a bounded queue and await
-the future; one task per model version collects a batch until it holds ``max_batch`` windows or the
-first window has waited ``max_delay``, then runs it on a worker thread. While every worker is busy the
-queue fills, so the next batch is bigger: batches grow with load by themselves. An exception in a batch
-fails exactly that batch's futures (as :class:`InferenceError`); the batcher carries on.
+Modelled on MLServer's adaptive batcher: callers' windows wait in a bounded queue; a batch starts when
+it holds ``max_batch`` windows or its oldest window has waited ``max_delay``, and runs on a worker
+thread. While every worker is busy the queue fills, so the next batch is bigger: batches grow with load
+by themselves. An exception in a batch fails exactly that batch's callers (as :class:`InferenceError`);
+the batcher carries on.
 
 :class:`BatcherPool` keeps one :class:`Batcher` per loaded model version, made on first use and
 closed once the version has left the store and no stream or request still holds it.
@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -50,15 +53,31 @@ def _ignore_batch(size: int) -> None:
     return None
 
 
-@dataclass
+@dataclass(eq=False)
+class _Group:
+    """The windows of one :meth:`Batcher.submit_many` call: one future for all, filled as batches finish."""
+
+    future: asyncio.Future[list[FloatArray]]
+    results: list[FloatArray | None]
+    remaining: int
+
+
+@dataclass(eq=False)
 class _Item:
     window: FloatArray
-    future: asyncio.Future[FloatArray]
+    group: _Group
+    index: int
     enqueued: float
 
 
 class Batcher:
-    """Batches windows for one model's ``run``. Create it inside a running event loop."""
+    """Batches windows for one model's ``run``. Create it inside a running event loop.
+
+    No task of its own: a submit appends to the pending queue and either starts a batch at once (the
+    batch is full, or its oldest window has waited ``max_delay``) or sets one timer; a finished batch
+    starts the next. Per window that is one queue entry and a share of one executor call, which keeps the
+    event loop's work per chunk small (``loadtest/README.md``, the profile).
+    """
 
     def __init__(
         self,
@@ -73,132 +92,159 @@ class Batcher:
         observe: StageObserver = _ignore,
         observe_batch: BatchObserver = _ignore_batch,
     ) -> None:
-        if max_batch < 1 or workers < 1:
-            raise ValueError("max_batch and workers must be at least 1")
+        if max_batch < 1 or workers < 1 or max_queue < 1:
+            raise ValueError("max_batch, max_queue and workers must be at least 1")
         self.name = name
         self.max_batch = max_batch
         self.max_delay_s = max(0.0, max_delay_s)
+        self.max_queue = max_queue
+        self.workers = workers
         self._run = run
         self._executor = executor
         self._observe = observe
         self._observe_batch = observe_batch
-        # Bounded: a full queue makes submitters wait, which pushes back on their clients through gRPC
-        # flow control instead of letting memory grow.
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
-        self._slots = asyncio.Semaphore(workers)
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        # Bounded: when it is full, submitters wait (in ``_room``), which pushes back on their clients
+        # through gRPC flow control instead of letting memory grow.
+        self._pending: deque[_Item] = deque()
+        self._room: deque[asyncio.Future[None]] = deque()
+        self._running: dict[asyncio.Future[FloatArray], list[_Item]] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.batches = 0
         self.windows = 0
 
     async def submit(self, window: FloatArray) -> FloatArray:
         """One ``(frames, n_mels)`` window in, its ``(n_classes,)`` probabilities out."""
-        if self._closed:
-            raise InferenceError(f"batcher for {self.name} is closed")
-        loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._task = loop.create_task(self._collect(), name=f"batcher-{self.name}")
-        future: asyncio.Future[FloatArray] = loop.create_future()
-        await self._queue.put(_Item(window, future, time.perf_counter()))
-        return await future
+        return (await self.submit_many((window,)))[0]
 
     async def submit_many(self, windows: Sequence[FloatArray]) -> list[FloatArray]:
         """Several windows at once, so they can share a batch; results in the same order."""
-        return list(await asyncio.gather(*(self.submit(w) for w in windows)))
+        if not windows:
+            return []
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise InferenceError(f"batcher for {self.name} is closed")
+            if not self._pending or len(self._pending) + len(windows) <= self.max_queue:
+                break
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._room.append(waiter)
+            await waiter
+        group = _Group(loop.create_future(), [None] * len(windows), len(windows))
+        now = time.perf_counter()
+        self._pending.extend(_Item(w, group, i, now) for i, w in enumerate(windows))
+        self._schedule()
+        # Cancelling the caller cancels this future; its windows are then skipped, never run.
+        return await group.future
 
     @property
     def idle(self) -> bool:
-        return self._queue.empty() and not self._inflight
+        return not self._pending and not self._running
 
     @property
     def queued(self) -> int:
         """Windows waiting for a batch: never more than ``max_queue``; beyond it, submitters wait."""
-        return self._queue.qsize()
+        return len(self._pending)
 
     def cancel(self) -> None:
         """Stop at once: queued and running windows fail with :class:`InferenceError`."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-        for task in self._inflight:
-            task.cancel()
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(InferenceError(f"batcher for {self.name} closed"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        error = InferenceError(f"batcher for {self.name} closed")
+        _fail(self._pending, error)
+        self._pending.clear()
+        for future, batch in self._running.items():
+            _fail(batch, error)
+            future.cancel()  # a batch already on a worker runs to its end; nobody waits for it
+        self._wake(len(self._room))
 
     async def close(self) -> None:
-        """Cancel and wait until the collecting task and every running batch have ended."""
+        """Cancel and wait until every running batch has been let go."""
         self.cancel()
-        tasks = [t for t in (self._task, *self._inflight) if t is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # Take a worker slot before the batch is formed: while all workers are busy, windows pile up
-            # in the queue and the next batch is fuller.
-            await self._slots.acquire()
-            try:
-                batch = [await self._queue.get()]
-                deadline = loop.time() + self.max_delay_s
-                while len(batch) < self.max_batch:
-                    with contextlib.suppress(asyncio.QueueEmpty):
-                        batch.append(self._queue.get_nowait())
-                        continue
-                    if loop.time() >= deadline:
-                        break
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            batch.append(await self._queue.get())
-                    except TimeoutError:
-                        break
-            except BaseException:
-                self._slots.release()
-                raise
-            task = loop.create_task(self._run_batch(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+    def _schedule(self) -> None:
+        """Start every batch that is due while a worker is free; else time the oldest window's wait."""
+        while self._pending and len(self._running) < self.workers and not self._closed:
+            wait = self._pending[0].enqueued + self.max_delay_s - time.perf_counter()
+            if len(self._pending) < self.max_batch and wait > 0:
+                if self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+                return
+            self._start_batch()
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _start_batch(self) -> None:
+        batch: list[_Item] = []
+        while self._pending and len(batch) < self.max_batch:
+            item = self._pending.popleft()
+            if not item.group.future.done():  # skip windows of cancelled or failed callers
+                batch.append(item)
+        self._wake(self.max_queue - len(self._pending))
+        if not batch:
+            return
+        start = time.perf_counter()
+        for item in batch:
+            self._observe("queue", start - item.enqueued)
         try:
-            live = [item for item in batch if not item.future.done()]  # skip windows of cancelled streams
-            if not live:
-                return
-            start = time.perf_counter()
-            for item in live:
-                self._observe("queue", start - item.enqueued)
-            try:
-                windows = np.stack([item.window for item in live])
-                probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, windows)
-                if probabilities.ndim != 2 or probabilities.shape[0] != len(live):
-                    raise ValueError(f"model returned shape {probabilities.shape} for a batch of {len(live)}")
-            except asyncio.CancelledError:
-                _fail(live, InferenceError(f"batcher for {self.name} closed"))
-                raise
-            except Exception as e:
-                # The details (file paths, kernel names) go to the log; callers get what they can act on.
-                log.error("inference batch failed", model=self.name, batch=len(live), error=f"{type(e).__name__}: {e}")
-                _fail(
-                    live, InferenceError(f"inference failed for {self.name} ({type(e).__name__}); see the server log")
-                )
-                return
+            windows = np.stack([item.window for item in batch])
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, windows)
+        except Exception as e:  # windows of mismatched shapes, or the executor already shut down
+            self._failed(batch, e)
+            return
+        self._running[future] = batch
+        future.add_done_callback(functools.partial(self._finished, batch, start))
+
+    def _finished(self, batch: list[_Item], start: float, future: asyncio.Future[FloatArray]) -> None:
+        self._running.pop(future, None)
+        if future.cancelled():
+            _fail(batch, InferenceError(f"batcher for {self.name} closed"))
+            return
+        error = future.exception()
+        probabilities = future.result() if error is None else None
+        if probabilities is not None and (probabilities.ndim != 2 or probabilities.shape[0] != len(batch)):
+            error = ValueError(f"model returned shape {probabilities.shape} for a batch of {len(batch)}")
+        if error is not None or probabilities is None:
+            self._failed(batch, error)
+        else:
             self._observe("inference", time.perf_counter() - start)
-            self._observe_batch(len(live))
+            self._observe_batch(len(batch))
             self.batches += 1
-            self.windows += len(live)
-            for item, row in zip(live, probabilities, strict=True):
-                if not item.future.done():
-                    item.future.set_result(row)
-        finally:
-            self._slots.release()
+            self.windows += len(batch)
+            for item, row in zip(batch, probabilities, strict=True):
+                group = item.group
+                if group.future.done():
+                    continue
+                group.results[item.index] = row
+                group.remaining -= 1
+                if group.remaining == 0:
+                    group.future.set_result(cast(list[FloatArray], group.results))
+        self._schedule()
+
+    def _failed(self, batch: list[_Item], error: BaseException | None) -> None:
+        # The details (file paths, kernel names) go to the log; callers get what they can act on.
+        kind = type(error).__name__
+        log.error("inference batch failed", model=self.name, batch=len(batch), error=f"{kind}: {error}")
+        _fail(batch, InferenceError(f"inference failed for {self.name} ({kind}); see the server log"))
+
+    def _wake(self, room: int) -> None:
+        """Let up to ``room`` waiting submitters try again, oldest first."""
+        while room > 0 and self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
 
 
 def _fail(items: Iterable[_Item], error: InferenceError) -> None:
     for item in items:
-        if not item.future.done():
-            item.future.set_exception(error)
+        if not item.group.future.done():
+            item.group.future.set_exception(error)
 
 
 @dataclass

@@ -156,11 +156,12 @@ def audio_stats(samples: FloatArray, rate: int) -> AudioStats:
         powers = np.einsum("ij,ij->i", rows, rows) / np.float32(block)
     else:
         powers = np.asarray([np.dot(x, x) / np.float32(n)])
-    mean_square = float(np.dot(x, x)) / n
+    # A chunk of whole blocks (100 ms chunks are ten) has its mean square in the block powers already.
+    mean_square = float(powers.mean()) if usable == n else float(np.dot(x, x)) / n
     level = 10.0 * math.log10(mean_square) if mean_square > 0 else FLOOR_DBFS
-    # Most chunks never reach full scale: two cheap reductions spare the count.
-    peak = max(float(x.max()), -float(x.min()))
-    clipped = int(np.count_nonzero(np.abs(x) >= CLIP_LEVEL)) if peak >= CLIP_LEVEL else 0
+    # Most chunks never reach full scale: one cheap reduction spares the count.
+    magnitude = np.abs(x)
+    clipped = int(np.count_nonzero(magnitude >= CLIP_LEVEL)) if float(magnitude.max()) >= CLIP_LEVEL else 0
     return AudioStats(
         samples=n,
         clipped=clipped,

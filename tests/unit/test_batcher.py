@@ -183,3 +183,33 @@ async def test_pool_keeps_one_batcher_per_version_and_closes_it_when_gone_and_id
     # Now gone and idle: a new stream on the same LoadedModel would get a fresh batcher.
     assert pool.sweep([]) == ["tiny/2"]
     await pool.close()
+
+
+async def test_close_fails_submitters_still_waiting_for_room(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+
+    def blocked(batch: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return batch[:, 0, :1]
+
+    batcher = Batcher(blocked, executor=executor, max_batch=1, max_delay_s=0.0, max_queue=2, workers=1)
+    calls = [asyncio.ensure_future(batcher.submit(window(k))) for k in range(5)]
+    await asyncio.sleep(0.05)
+    assert batcher.queued == 2  # one running, two queued, two waiting for room
+    await batcher.close()
+    gate.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, InferenceError) for o in outcomes)
+    assert batcher.idle
+
+
+async def test_a_group_larger_than_a_batch_is_split_and_reassembled_in_order(executor: ThreadPoolExecutor) -> None:
+    run = Recorder()
+    batcher = Batcher(run, executor=executor, max_batch=3, max_delay_s=0.0)
+    first, second = await asyncio.gather(
+        batcher.submit_many([window(i) for i in range(5)]), batcher.submit_many([window(10 + i) for i in range(4)])
+    )
+    assert [float(r[0]) for r in first] == [0, 1, 2, 3, 4]
+    assert [float(r[0]) for r in second] == [10, 11, 12, 13]
+    assert sum(run.sizes) == 9 and max(run.sizes) <= 3
+    await batcher.close()
