@@ -16,6 +16,9 @@ JSON with date and machine):
 * the limit: raw onnxruntime throughput of the same model on one thread (batch 1 and best batch), as
   streams at the model's hop, and Hark's efficiency against it;
 * the naive baseline (``loadtest/naive_server.py``) measured the same way, and the ratio;
+* the transport floor (``loadtest/floor_server.py``: the same gRPC API answering each chunk with a constant,
+  no work at all): its CPU per stream-second plus raw onnxruntime's is the most streams any Python gRPC
+  server could hold with this model, and Hark's share of that;
 * energy gating on vs off, on speech with 50 % silence (when the server has ``gate_dbfs``).
 """
 
@@ -188,6 +191,11 @@ def hark_server(store: Path, **settings: object) -> Server:
 def naive_server(version_dir: Path) -> Server:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return Server.start([sys.executable, str(REPO / "loadtest" / "naive_server.py"), "--model", str(version_dir)], env)
+
+
+def floor_server(version_dir: Path) -> Server:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return Server.start([sys.executable, str(REPO / "loadtest" / "floor_server.py"), "--model", str(version_dir)], env)
 
 
 # Load ------------------------------------------------------------------------------------------------------
@@ -714,17 +722,21 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["openwakeword"] = json.loads(stdout.decode().strip().splitlines()[-1])
             log(f"    {result['openwakeword']}")
 
-    log("naive baseline ...")
-    server = naive_server(version_dir)
-    try:
-        await run_level(server, 2, speech_chunks, 0.5, 1.0)
-        best_naive, levels = await ramp(server, speech_chunks, 4)
-        result["naive"] = {"max_streams": best_naive, "levels": [lv.summary() for lv in levels]}
-        top = next((lv for lv in reversed(levels) if lv.streams == best_naive and lv.ok), None)
-        if top is not None:
-            result["naive"]["cpu_s_per_stream_s"] = top.cpu_per_stream_s
-    finally:
-        server.stop()
+    for name, start_server, first in (("naive", naive_server, 4), ("floor", floor_server, args.start)):
+        log(f"{name} server ...")
+        server = start_server(version_dir)
+        try:
+            await run_level(server, 2, speech_chunks, 0.5, 1.0)
+            best_other, levels = await ramp(server, speech_chunks, first)
+            result[name] = {"max_streams": best_other, "levels": [lv.summary() for lv in levels]}
+            top = next((lv for lv in reversed(levels) if lv.streams == best_other and lv.ok), None)
+            if top is not None:
+                result[name]["cpu_s_per_stream_s"] = top.cpu_per_stream_s
+        finally:
+            server.stop()
+    if floor_cpu := result["floor"].get("cpu_s_per_stream_s"):
+        # The most streams a Python gRPC server could hold: transport cost plus the model's, nothing else.
+        result["floor"]["ceiling_streams"] = 1 / (floor_cpu + windows_per_stream_s / rates[1])
     if tmp is not None:
         tmp.cleanup()
     return result
@@ -812,6 +824,23 @@ def table(r: dict[str, Any]) -> str:
                 f"{cpu_streams:.0f}",
                 "Hark / raw ORT batch 1",
                 f"{cpu_streams / raw['batch1_streams']:.3f}" if raw["batch1_streams"] else "n/a",
+            )
+        )
+    if (fl := r.get("floor")) and fl.get("cpu_s_per_stream_s") and "cpu_s_per_stream_s" in h:
+        rows.append(
+            (
+                "Transport floor: gRPC server doing no work, CPU per stream-second (max streams)",
+                f"{fl['cpu_s_per_stream_s'] * 1000:.2f} ms ({fl['max_streams']})",
+                "Hark / floor, CPU",
+                f"{h['cpu_s_per_stream_s'] / fl['cpu_s_per_stream_s']:.1f}x",
+            )
+        )
+        rows.append(
+            (
+                "Ceiling for a Python gRPC server: 1 / (floor + raw ORT batch 1 CPU per stream-second)",
+                f"{fl['ceiling_streams']:.0f}",
+                "Hark (by CPU) / ceiling",
+                f"{1 / h['cpu_s_per_stream_s'] / fl['ceiling_streams']:.2f}",
             )
         )
     if "rss_mib_at_max" in h:

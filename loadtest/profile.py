@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await run_level(server, 4, chunks, 0.5, 1.0)
         common = [
-            "py-spy",
+            shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy",  # the venv's, else PATH
             "record",
             "--pid",
             str(server.proc.pid),
@@ -83,9 +84,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--streams", type=int, default=100)
-    p.add_argument("--seconds", type=float, default=15)
-    p.add_argument("--store", type=Path)
-    p.add_argument("--no-gate", action="store_true")
+    p = argparse.ArgumentParser(description="Sample the server with py-spy under N real-time streams.")
+    p.add_argument("--streams", type=int, default=100, help="concurrent real-time streams while sampling")
+    p.add_argument("--seconds", type=float, default=15, help="how long py-spy samples")
+    p.add_argument("--store", type=Path, help="model store to serve (default: the tiny test model)")
+    p.add_argument("--no-gate", action="store_true", help="turn energy gating off (every window reaches the model)")
     asyncio.run(main(p.parse_args()))

@@ -80,3 +80,24 @@ async def test_locust_streams_with_no_errors(start_hark: StartHark, tiny_model_s
     assert int(rows["StreamClassify"]["Request Count"]) >= 3, rows
     assert int(rows["hop"]["Request Count"]) >= 3 * 6
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+async def test_the_benchmarks_baselines_answer_every_hop(tmp_path: Path) -> None:
+    """``make bench`` compares Hark with a naive server and a do-nothing transport floor: each must answer
+    a real-time stream with one WindowScores per hop, timed and error-free, or its figure means nothing."""
+    from loadtest import bench
+    from tests.fixtures_models import publish_tiny
+
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) is not installed")
+    version_dir = publish_tiny(tmp_path / "store", "tiny")
+    chunks = bench.pcm_chunks(noise(2.0, level=0.1))
+    for start in (bench.naive_server, bench.floor_server):
+        server = start(version_dir)
+        try:
+            level = await bench.run_level(server, 2, chunks, 1.2, 1.0)  # measured after the first window
+        finally:
+            server.stop()
+        assert level.errors == 0, start.__name__
+        assert level.windows >= 2 * 8, f"{start.__name__}: {level.summary()}"  # ~10 hops per stream-second
+        assert level.cpu_s > 0
