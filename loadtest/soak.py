@@ -451,7 +451,10 @@ async def _publisher(store: Path, stop: asyncio.Event, every_s: float, rng: rand
         if rng.random() < 0.3:  # a broken one on top: must be refused, the previous keeps serving
             broken = await asyncio.to_thread(publish_tiny, store, "tiny")
             data = (broken / MODEL_FILE).read_bytes()
-            (broken / MODEL_FILE).write_bytes(data[: len(data) // 2])
+            # Replaced in one rename: written in place, the store could see it empty, then half, and
+            # (rightly) refuse and log it twice.
+            (broken / "truncated.tmp").write_bytes(data[: len(data) // 2])
+            os.replace(broken / "truncated.tmp", broken / MODEL_FILE)
             report.broken_published += 1
         versions = sorted((int(p.name) for p in (store / "tiny").iterdir() if p.name.isdigit()), reverse=True)
         for old in versions[4:]:  # streams on a pruned version finish on it: they hold it in memory
