@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     inference_workers: int = Field(1, ge=1, le=64, description="Threads that run inference batches.")
 
     # Batching
-    max_batch: int = Field(32, ge=1, le=1024, description="Most windows in one inference batch.")
+    # 4: measured best for the bundled DS-CNN on one core (loadtest/README.md): onnxruntime's windows per
+    # second peak at batch 2 and fall beyond it, while each batch costs one hand-off to the inference thread.
+    max_batch: int = Field(4, ge=1, le=1024, description="Most windows in one inference batch.")
     max_delay_ms: float = Field(2.0, ge=0.0, description="Longest a window waits for a batch to fill.")
 
     # Streams

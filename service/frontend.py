@@ -15,7 +15,7 @@ frame of the input (``top_db``) is deliberately not offered, since a stream cann
 from __future__ import annotations
 
 import math
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal
 
 import librosa
@@ -89,30 +89,49 @@ class FrontendConfig(BaseModel):
         return self.feature_scale * 10.0 * math.log10(self.log_floor) + self.feature_offset
 
 
+# Shared by every LogMel of one config (one per stream): a Mel basis is 41 KB and a librosa call, so each
+# stream computing its own cost memory per stream and milliseconds per stream start. Read-only, so sharing
+# across streams and threads is safe.
+@lru_cache(maxsize=32)
+def _analysis_window(win_length: int, input_scale: float) -> FloatArray:
+    window = np.hanning(win_length + 1)[:-1].astype(np.float32)  # periodic Hann
+    if input_scale != 1.0:
+        window = window * np.float32(input_scale)
+    window.flags.writeable = False
+    return window
+
+
+@lru_cache(maxsize=32)
+def _mel_basis_t(c: FrontendConfig) -> FloatArray:
+    basis = librosa.filters.mel(
+        sr=c.sample_rate,
+        n_fft=c.n_fft,
+        n_mels=c.n_mels,
+        fmin=c.fmin,
+        fmax=c.fmax,
+        htk=c.mel_scale == "htk",
+        norm="slaney" if c.mel_scale == "slaney" else None,
+        dtype=np.float32,
+    )
+    basis_t = np.ascontiguousarray(basis.T)
+    basis_t.flags.writeable = False
+    return basis_t
+
+
 class LogMel:
     """Whole-clip log-Mel frames: ``(n_frames, n_mels)`` float32 from float audio in [-1, 1]."""
 
     def __init__(self, config: FrontendConfig | None = None) -> None:
         self.config = config or FrontendConfig()
 
+    # Looked up once per instance: hashing a config on every call would cost more than it saves.
     @cached_property
     def _window(self) -> FloatArray:
-        return np.hanning(self.config.win_length + 1)[:-1].astype(np.float32)  # periodic Hann
+        return _analysis_window(self.config.win_length, self.config.input_scale)
 
     @cached_property
     def _mel_basis_t(self) -> FloatArray:
-        c = self.config
-        basis = librosa.filters.mel(
-            sr=c.sample_rate,
-            n_fft=c.n_fft,
-            n_mels=c.n_mels,
-            fmin=c.fmin,
-            fmax=c.fmax,
-            htk=c.mel_scale == "htk",
-            norm="slaney" if c.mel_scale == "slaney" else None,
-            dtype=np.float32,
-        )
-        return np.ascontiguousarray(basis.T)
+        return _mel_basis_t(self.config)
 
     def frames(self, audio: npt.ArrayLike) -> FloatArray:
         """All whole frames of ``audio`` (mono float samples at ``config.sample_rate``)."""
@@ -128,8 +147,7 @@ class LogMel:
         samples = np.ascontiguousarray(samples)
         step = samples.itemsize
         framed = np.ndarray((n, c.win_length), np.float32, samples, 0, (c.hop_length * step, step))
-        window = self._window if c.input_scale == 1.0 else self._window * np.float32(c.input_scale)
-        spectrum = np.abs(np.fft.rfft(framed * window, n=c.n_fft, axis=1))
+        spectrum = np.abs(np.fft.rfft(framed * self._window, n=c.n_fft, axis=1))
         if c.power != 1.0:
             spectrum = spectrum**c.power
         mel = spectrum.astype(np.float32) @ self._mel_basis_t
@@ -161,10 +179,12 @@ class StreamingLogMel:
     """Incremental log-Mel: each ``push`` computes only the frames the new audio completes.
 
     It holds at most one frame's worth of pending samples plus one block in a buffer allocated once,
-    so a stream's memory does not grow with its length or its chunk sizes.
+    so a stream's memory does not grow with its length or its chunk sizes. The default block (16 hops) takes
+    a 100 ms chunk in one pass at 16 kHz and keeps the buffer at 12 KB per stream; bigger chunks are taken
+    a block at a time.
     """
 
-    def __init__(self, config: FrontendConfig | None = None, block_frames: int = 32) -> None:
+    def __init__(self, config: FrontendConfig | None = None, block_frames: int = 16) -> None:
         self._logmel = LogMel(config)
         self.config = self._logmel.config
         c = self.config

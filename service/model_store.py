@@ -183,14 +183,19 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise VerificationError(f"{path} is not a valid manifest: {e}") from e
 
 
-def load_version(version_dir: Path, *, intra_op_threads: int = 1) -> LoadedModel:
+def load_version(version_dir: Path, *, intra_op_threads: int = 1, warmup_batch: int = 2) -> LoadedModel:
     """Verify one version folder and open it; raise :class:`VerificationError` saying why it cannot serve.
 
     Checks, in order: the folder name is the manifest's version and its parent the manifest's name; the
     model file is a regular file (not a symlink) inside the folder whose sha256 matches, and exactly
     those bytes are loaded, with no external data; the frontend is one this
     server reproduces; onnxruntime loads it; its input and output match the manifest; a warm-up batch of
-    two windows gives finite scores of the right shape.
+    ``warmup_batch`` windows (at least two) gives finite scores of the right shape.
+
+    The server warms up at its largest batch: onnxruntime's memory arena grows to the largest batch it has
+    run and keeps that memory, so a version reaches its peak memory here, where it is loaded, instead of
+    stepping up during serving whenever a new largest batch first arrives (and a model that cannot run the
+    server's batches is refused here, not in a stream).
     """
     manifest = read_manifest(version_dir)
     if version_dir.name != str(manifest.version) or version_dir.parent.name != manifest.name:
@@ -215,13 +220,15 @@ def load_version(version_dir: Path, *, intra_op_threads: int = 1) -> LoadedModel
         raise VerificationError(f"onnxruntime cannot load {model_path}: {e}") from e
     _check_io(session, manifest)
     runner = ModelRunner(session, manifest.input.name, manifest.output.name, logits=manifest.output_kind == "logits")
-    warm = np.zeros((2, manifest.window_frames, manifest.frontend.n_mels), dtype=np.float32)
+    batch = max(2, warmup_batch)
+    warm = np.zeros((batch, manifest.window_frames, manifest.frontend.n_mels), dtype=np.float32)
     try:
         scores = runner.run(warm)
     except Exception as e:
-        raise VerificationError(f"warm-up inference failed: {e}") from e
-    if scores.shape != (2, len(manifest.labels)) or not np.all(np.isfinite(scores)):
-        raise VerificationError(f"warm-up gave scores of shape {scores.shape}, expected (2, {len(manifest.labels)})")
+        raise VerificationError(f"warm-up inference of {batch} windows failed: {e}") from e
+    expected = (batch, len(manifest.labels))
+    if scores.shape != expected or not np.all(np.isfinite(scores)):
+        raise VerificationError(f"warm-up gave scores of shape {scores.shape}, expected {expected}")
     return LoadedModel(manifest=manifest, path=version_dir, runner=runner)
 
 
@@ -279,10 +286,13 @@ class ModelStore:
     ``refresh`` builds the new table aside and swaps it in one assignment; readers never lock.
     """
 
-    def __init__(self, root: Path, *, default_model: str = "", intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, root: Path, *, default_model: str = "", intra_op_threads: int = 1, warmup_batch: int = 2
+    ) -> None:
         self.root = Path(root)
         self.default_model = default_model
         self.intra_op_threads = intra_op_threads
+        self.warmup_batch = warmup_batch
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._signatures: dict[Path, tuple[float, ...]] = {}
         self.refused: dict[Path, str] = {}
@@ -306,7 +316,9 @@ class ModelStore:
                     continue  # already refused in this state; do not log it again
                 self._signatures[version_dir] = signature
                 try:
-                    loaded = load_version(version_dir, intra_op_threads=self.intra_op_threads)
+                    loaded = load_version(
+                        version_dir, intra_op_threads=self.intra_op_threads, warmup_batch=self.warmup_batch
+                    )
                 except VerificationError as e:
                     self.refused[version_dir] = str(e)
                     report.refused[str(version_dir)] = str(e)

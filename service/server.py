@@ -623,7 +623,10 @@ async def start_server(settings: Settings) -> RunningServer:
     """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
     configure_logging(settings.log_format, settings.log_level)
     store = ModelStore(
-        settings.model_store, default_model=settings.default_model, intra_op_threads=settings.intra_op_threads
+        settings.model_store,
+        default_model=settings.default_model,
+        intra_op_threads=settings.intra_op_threads,
+        warmup_batch=settings.max_batch,
     )
     metrics = HarkMetrics(store, drift_window_s=settings.drift_window_s)
     try:  # before any model loads: a security setting that cannot work stops the start at once

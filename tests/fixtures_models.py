@@ -33,8 +33,9 @@ LOUDNESS_PIVOT = -6.0
 def tiny_onnx(path: Path, *, word: str = "yes", gain: float = 2.0, brittle: bool = False) -> Path:
     """Write the loudness model to ``path``.
 
-    ``brittle`` adds a Reshape to a fixed batch of 2: it passes the store's warm-up (a batch of 2) and
-    fails on any other batch size, which is how a test gets a real inference error without mocks.
+    ``brittle`` adds a Reshape to a fixed batch of 2: it passes a warm-up at a batch of 2 (a server with
+    ``max_batch`` 1 or 2) and fails on any other batch size, which is how a test gets a real inference error
+    without mocks.
     """
     n_classes = len(LABELS)
     weights = np.zeros((N_MELS, n_classes), dtype=np.float32)

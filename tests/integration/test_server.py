@@ -327,7 +327,7 @@ async def test_a_stream_longer_than_max_stream_s_is_ended(start_hark: StartHark,
 async def test_an_inference_failure_is_internal_for_that_model_only(
     start_hark: StartHark, tiny_model_store: Path
 ) -> None:
-    # "brittle" passes the store's warm-up (a batch of 2) and fails on any other batch size.
+    # "brittle" passes the store's warm-up (a batch of 2 when max_batch is 1) and fails on any other batch size.
     publish_tiny(tiny_model_store, "brittle", brittle=True)
     h = await start_hark(tiny_model_store, max_batch=1)
     samples = noise(1.5)

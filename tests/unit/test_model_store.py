@@ -92,6 +92,17 @@ def test_a_broken_version_is_refused_with_its_reason(tmp_path: Path, breakage: s
         load_version(version_dir)
 
 
+def test_a_version_that_cannot_run_the_servers_largest_batch_is_refused_at_load(tmp_path: Path) -> None:
+    # The server warms a version up at its max_batch, so a model with a fixed batch of 2 is refused when it
+    # loads, with the reason, rather than failing streams once batches of another size arrive.
+    version_dir = publish_tiny(tmp_path, "brittle", brittle=True)
+    assert load_version(version_dir, warmup_batch=2).runner.run(np.zeros((2, 98, 40), np.float32)).shape == (2, 12)
+    with pytest.raises(VerificationError, match="warm-up inference of 4 windows failed"):
+        load_version(version_dir, warmup_batch=4)
+    store = ModelStore(tmp_path, warmup_batch=4)
+    assert "warm-up inference of 4 windows failed" in store.refresh().refused[str(version_dir)]
+
+
 def test_a_checksum_matching_file_that_is_not_onnx_is_refused_by_onnxruntime(tmp_path: Path) -> None:
     version_dir = publish_tiny(tmp_path)
     _not_onnx(version_dir)
