@@ -423,6 +423,32 @@ def publish_version(
     return final
 
 
+def publish_verified(
+    root: Path,
+    manifest_fields: dict[str, Any],
+    onnx_file: Path,
+    version: int | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+    extra_dirs: Mapping[str, Path] | None = None,
+) -> Path:
+    """:func:`publish_version`, but only what the server would serve reaches ``root``.
+
+    The version is first published into a scratch store and put through :func:`load_version` (the server's
+    own checks), so a watching server never sees a version that fails them; once in ``root`` it is checked
+    again and removed if that fails. Returns the new version folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="hark-publish-") as tmp:
+        scratch = publish_version(Path(tmp), manifest_fields, onnx_file, version, extra_files, extra_dirs)
+        load_version(scratch)
+    final = publish_version(root, manifest_fields, onnx_file, version, extra_files, extra_dirs)
+    try:
+        load_version(final)
+    except Exception:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return final
+
+
 def update_metrics(version_dir: Path, updates: Mapping[str, Any]) -> Manifest:
     """Merge ``updates`` into a published version's ``metrics`` and rewrite its manifest atomically.
 

@@ -35,8 +35,7 @@ from service.model_store import (
     CONTROL_DIR,
     FeatureStats,
     VerificationError,
-    load_version,
-    publish_version,
+    publish_verified,
     sha256_file,
 )
 from service.runner import create_session, softmax
@@ -291,15 +290,7 @@ def export_run(
         if config.arch == "oww_transfer":  # the backbone's weights travel with the version, so its terms do too
             reports["NOTICE.md"] = backbone.NOTICE
         control = {CONTROL_DIR: write_control_set(pick_control_clips(records, labels), Path(tmp) / CONTROL_DIR)}
-        scratch = publish_version(Path(tmp) / "store", fields, onnx_path, version, reports, control)
-        load_version(scratch)  # the server's checks, before the real store sees anything
-        final = publish_version(store, fields, onnx_path, version, reports, control)
-    try:
-        load_version(final)
-    except Exception:
-        shutil.rmtree(final, ignore_errors=True)
-        raise
-    return final
+        return publish_verified(store, fields, onnx_path, version, reports, control)
 
 
 def summary(version_dir: Path) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -41,7 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, recall_score
 from tqdm import tqdm
 
-from service.model_store import MODEL_FILE, VerificationError, load_version, publish_version, read_manifest, sha256_file
+from service.model_store import (
+    MODEL_FILE,
+    VerificationError,
+    load_version,
+    publish_verified,
+    read_manifest,
+    sha256_file,
+)
 from service.runner import create_session
 from training.export import INPUT_NAME, inference_ms, onnx_logits
 from training.features import SplitFeatures, load_splits
@@ -260,15 +266,7 @@ def quantize_version(
             "metrics": metrics,
             "training": {**source.training, "quantization": quantization},
         }
-        scratch = publish_version(Path(tmp) / "store", fields, int8_path, version)
-        load_version(scratch)  # the server's checks, before the real store sees anything
-        final = publish_version(store, fields, int8_path, version)
-    try:
-        load_version(final)
-    except Exception:
-        shutil.rmtree(final, ignore_errors=True)
-        raise
-    return final
+        return publish_verified(store, fields, int8_path, version)
 
 
 def summary(version_dir: Path) -> str:
