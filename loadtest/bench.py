@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from loadtest.server_process import SERVER_ARGV, cpu_seconds, hark_env, rss_bytes  # noqa: E402
 from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -146,14 +147,10 @@ class Server:
         raise RuntimeError("server did not start in 60 s")
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return rss_bytes(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -172,20 +169,8 @@ def _drain(proc: subprocess.Popen[bytes]) -> None:
 
 
 def hark_server(store: Path, **settings: object) -> Server:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARK_")}
-    env.update(
-        HARK_MODEL_STORE=str(store),
-        HARK_PORT="0",
-        HARK_METRICS_PORT="-1",
-        HARK_LOG_FORMAT="json",
-        HARK_LOG_LEVEL="info",
-        HARK_RELOAD_INTERVAL_S="0",
-        HARK_CONTROL_INTERVAL_S="0",
-        HARK_MAX_STREAMS="100000",
-        PYTHONPATH=str(REPO),
-    )
-    env.update({f"HARK_{k.upper()}": str(v) for k, v in settings.items()})
-    return Server.start([sys.executable, "-m", "service.server"], env)
+    env = hark_env(store, log_level="info", control_interval_s=0, max_streams=100000, **settings)
+    return Server.start(SERVER_ARGV, env)
 
 
 def naive_server(version_dir: Path) -> Server:

@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python loadtest/soak.py` as well as `python -m loadtest.soak`
     sys.path.insert(0, str(REPO))
 
+from loadtest.server_process import SERVER_ARGV, hark_env, open_fds, rss_bytes  # noqa: E402
 from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 from service.audio import encode_pcm  # noqa: E402
 from service.model_store import MODEL_FILE  # noqa: E402
@@ -74,18 +75,8 @@ class ServerProcess:
 
     @classmethod
     async def start(cls, store: Path, **settings: object) -> ServerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HARK_")}
-        env.update(
-            HARK_MODEL_STORE=str(store),
-            HARK_PORT="0",
-            HARK_METRICS_PORT="-1",
-            HARK_LOG_FORMAT="json",
-            HARK_RELOAD_INTERVAL_S="0",
-            PYTHONPATH=str(REPO),
-        )
-        env.update({f"HARK_{k.upper()}": str(v) for k, v in settings.items()})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.server", cwd=REPO, env=env, stderr=asyncio.subprocess.PIPE
+            *SERVER_ARGV, cwd=REPO, env=hark_env(store, **settings), stderr=asyncio.subprocess.PIPE
         )
         assert proc.stderr is not None
         server = cls(proc, "")
@@ -121,14 +112,10 @@ class ServerProcess:
         return self.proc.pid
 
     def rss_bytes(self) -> int:
-        """Resident memory of the server process (Linux /proc)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return rss_bytes(self.pid)
 
     def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        return open_fds(self.pid)
 
     async def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait for the exit code (SIGKILL if it does not come)."""
