@@ -62,6 +62,11 @@ bench: $(DEV_STAMP) system-deps  ## Streams per server core vs raw onnxruntime a
 bench-quick: $(DEV_STAMP) system-deps  ## The benchmark's quick mode (under 2 minutes)
 	$(BIN)/python loadtest/bench.py --quick $(BENCH_ARGS)
 
+.PHONY: profile
+profile: $(DEV_STAMP) system-deps  ## py-spy profile of the server under 90 streams of the bundled model (top costs per chunk)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python loadtest/profile.py --no-gate
+
 SOAK_SECONDS ?= 600
 FUZZ_SECONDS ?= 600
 MEMORY_MINUTES ?= 10

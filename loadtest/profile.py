@@ -1,6 +1,6 @@
 """Profile the server under load: py-spy samples it while ``bench.py``'s load generator drives N streams.
 
-    python loadtest/profile.py --streams 100 --seconds 15    # writes loadtest/results/profile.{svg,txt}
+    python loadtest/profile.py --no-gate --streams 90 --seconds 12   # writes loadtest/results/profile.{collapsed,txt}
 
 The text file lists the functions with the most samples (own time and with callees), the basis of the
 "top costs per chunk" in loadtest/README.md.
@@ -14,12 +14,11 @@ import collections
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.bench import CLIENT_CORE, RESULTS, hark_server, pcm_chunks, run_level, speech
+from loadtest.bench import CLIENT_CORE, REPO, RESULTS, hark_server, pcm_chunks, run_level, speech
 
 
 def top(collapsed: Path, n: int = 25) -> str:
@@ -46,15 +45,7 @@ async def main(args: argparse.Namespace) -> None:
     import os
 
     os.sched_setaffinity(0, {CLIENT_CORE})
-    store = args.store
-    tmp = None
-    if store is None:
-        from tests.fixtures_models import publish_tiny
-
-        tmp = tempfile.TemporaryDirectory()
-        store = Path(tmp.name) / "store"
-        publish_tiny(store, "tiny")
-    server = hark_server(store, **({"gate_dbfs": "-inf"} if args.no_gate else {}))
+    server = hark_server(args.store, **({"gate_dbfs": "-inf"} if args.no_gate else {}))
     chunks = pcm_chunks(speech(0.25))
     RESULTS.mkdir(exist_ok=True)
     try:
@@ -70,23 +61,23 @@ async def main(args: argparse.Namespace) -> None:
             "200",
         ]
         raw = RESULTS / "profile.collapsed"
-        svg = subprocess.Popen([*common, "--format", "raw", "-o", str(raw), "--nonblocking"])
+        sampler = subprocess.Popen([*common, "--format", "raw", "-o", str(raw), "--nonblocking"])
         level = await run_level(server, args.streams, chunks, 1.0, args.seconds + 1)
-        svg.wait()
+        sampler.wait()
         print(level.summary())
         text = top(raw)
         (RESULTS / "profile.txt").write_text(f"{args.streams} streams, {level.summary()}\n{text}\n")
         print(text)
     finally:
         server.stop()
-        if tmp:
-            tmp.cleanup()
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Sample the server with py-spy under N real-time streams.")
-    p.add_argument("--streams", type=int, default=100, help="concurrent real-time streams while sampling")
+    p.add_argument("--streams", type=int, default=90, help="concurrent real-time streams while sampling")
     p.add_argument("--seconds", type=float, default=15, help="how long py-spy samples")
-    p.add_argument("--store", type=Path, help="model store to serve (default: the tiny test model)")
+    p.add_argument(
+        "--store", type=Path, default=REPO / "model_store", help="model store to serve (default: the bundled one)"
+    )
     p.add_argument("--no-gate", action="store_true", help="turn energy gating off (every window reaches the model)")
     asyncio.run(main(p.parse_args()))
