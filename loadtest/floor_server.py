@@ -10,7 +10,6 @@ cost per stream-second it gives the most streams any Python gRPC server could ho
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from loadtest.baseline_server import main  # noqa: E402
 from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 
 
@@ -53,28 +53,5 @@ class FloorClassifier(hark_pb2_grpc.ClassifierServicer):
             )
 
 
-async def _serve(version_dir: Path, host: str, port: int) -> None:
-    server = grpc.aio.server()
-    hark_pb2_grpc.add_ClassifierServicer_to_server(FloorClassifier(version_dir), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"listening on {host}:{bound}", flush=True)
-    await server.wait_for_termination()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a model version folder (its manifest's labels)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(_serve(args.model, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    main(FloorClassifier, __doc__.splitlines()[0])

@@ -9,7 +9,6 @@ on the event loop; the stream's audio is kept by ``np.concatenate``. No incremen
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from loadtest.baseline_server import main  # noqa: E402
 from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 
 
@@ -100,28 +100,5 @@ class NaiveClassifier(hark_pb2_grpc.ClassifierServicer):
                     )
 
 
-async def _serve(version_dir: Path, host: str, port: int) -> None:
-    server = grpc.aio.server()
-    hark_pb2_grpc.add_ClassifierServicer_to_server(NaiveClassifier(version_dir), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"listening on {host}:{bound}", flush=True)
-    await server.wait_for_termination()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a model version folder (model.onnx, manifest)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(_serve(args.model, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    main(NaiveClassifier, __doc__.splitlines()[0])
