@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.bench import CLIENT_CORE, REPO, RESULTS, hark_server, pcm_chunks, run_level, speech
+from loadtest.bench import CLIENT_CORE, REPO, RESULTS, hark_server, pcm_chunks, run_level, save_result, speech
 
 
 async def compare(store: Path, streams: int, batches: list[int], rounds: int, seconds: float) -> dict[str, Any]:
@@ -66,10 +65,7 @@ def main() -> None:
     result = asyncio.run(compare(args.store, args.streams, args.batches, args.rounds, args.seconds))
     for b, ms in result["median_cpu_ms_per_stream_s"].items():
         print(f"max_batch {b:>4}: {ms:.2f} ms CPU per stream-second (median of {args.rounds})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"batch-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"written to {save_result(args.out, 'batch', result)}")
 
 
 if __name__ == "__main__":

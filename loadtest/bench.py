@@ -561,6 +561,14 @@ async def mlserver_peer(
 # Main ------------------------------------------------------------------------------------------------------
 
 
+def save_result(folder: Path, kind: str, result: dict[str, Any]) -> Path:
+    """Write ``result`` as ``<folder>/<kind>-<UTC date>.json`` (the results folder's naming) and return the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
 def find_version(store: Path) -> Path:
     """The store's first model, newest version."""
     for model in sorted(p for p in store.iterdir() if p.is_dir()):

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.bench import REPO, RESULTS, find_version
+from loadtest.bench import REPO, RESULTS, find_version, save_result
 from service.audio import PCM_F32LE, read_audio
 from service.config import Settings
 from service.model_store import LoadedModel, load_version
@@ -87,10 +87,7 @@ def main() -> None:
     args = p.parse_args()
     result = measure(find_version(args.store), args.data)
     print(json.dumps(result, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gating-accuracy-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"written to {save_result(args.out, 'gating-accuracy', result)}")
 
 
 if __name__ == "__main__":
