@@ -21,7 +21,7 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
-# openwakeword ships the pretrained backbone's ONNX files (training/backbone.py); --no-deps: its deps pull in tflite.
+# openwakeword ships the pretrained backbone's ONNX files (training/hark_training/backbone.py); --no-deps: its deps pull in tflite.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps openwakeword==0.5.1
@@ -52,7 +52,7 @@ test: $(DEV_STAMP) system-deps  ## Run the whole test suite
 lint: $(DEV_STAMP)  ## ruff and mypy
 	$(BIN)/ruff check service training tests proto
 	$(BIN)/ruff format --check service training tests proto
-	$(BIN)/mypy service training
+	$(BIN)/mypy service/hark training/hark_training
 
 .PHONY: bench
 bench: $(DEV_STAMP) system-deps  ## Streams per server core vs raw onnxruntime and a naive server (minutes; not in make test)
@@ -93,7 +93,7 @@ bench-peers:  ## Venvs for the peers make bench adds: MLServer (pins protobuf 6)
 	loadtest/.venv-oww/bin/pip install --quiet onnxruntime scipy scikit-learn tqdm numpy
 
 .PHONY: proto
-proto: $(DEV_STAMP)  ## Regenerate service/api from proto/
+proto: $(DEV_STAMP)  ## Regenerate the stubs in service/hark/v1 from proto/
 	$(BIN)/python proto/generate.py
 
 .PHONY: model

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from service.api.hark.v1 import hark_pb2_grpc
+from hark.v1 import hark_pb2_grpc
 
 MakeServicer = Callable[[Path], hark_pb2_grpc.ClassifierServicer]
 

@@ -50,8 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 from loadtest.server_process import SERVER_ARGV, cpu_seconds, hark_env, rss_bytes  # noqa: E402
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -479,7 +479,7 @@ async def mlserver_peer(
 ) -> dict[str, Any]:
     """MLServer 1.x (its own venv) on core 0 serving the same ONNX model with adaptive batching; a client on
     core 1 sends each stream's latest window of features as one ModelInfer per hop. Same pass criterion."""
-    from service.frontend import FrontendConfig, LogMel
+    from hark.core.frontend import FrontendConfig, LogMel
 
     frames = LogMel(FrontendConfig(**manifest["frontend"])).frames(speech(0.25))
     w, hop = manifest["window_frames"], manifest["hop_frames"]
@@ -881,7 +881,7 @@ def main() -> int:
         print("needs taskset (util-linux) and espeak-ng", file=sys.stderr)
         return 2
     if args.gate_setting:
-        from service.config import Settings
+        from hark.config import Settings
 
         args.gate_setting = "gate_dbfs" in Settings.model_fields
     # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped, not orphaned.

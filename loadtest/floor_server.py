@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 from loadtest.baseline_server import main  # noqa: E402
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 
 
 class FloorClassifier(hark_pb2_grpc.ClassifierServicer):

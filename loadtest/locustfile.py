@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from locust import User, between, task  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
+from hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 
 RATE = 16_000
 CHUNK = RATE // 10

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def hark_env(store: Path, **settings: object) -> dict[str, str]:
-    """The environment for ``python -m service.server``: this process's, less any ``HARK_`` setting, then
+    """The environment for ``python -m hark.server``: this process's, less any ``HARK_`` setting, then
     the store, an ephemeral port, JSON logs, no metrics port and no reloading, then ``settings`` (as
     ``HARK_<NAME>``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARK_")}
@@ -27,7 +27,7 @@ def hark_env(store: Path, **settings: object) -> dict[str, str]:
     return env
 
 
-SERVER_ARGV = [sys.executable, "-m", "service.server"]
+SERVER_ARGV = [sys.executable, "-m", "hark.server"]
 
 
 def rss_bytes(pid: int) -> int:

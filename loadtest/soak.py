@@ -3,7 +3,7 @@
     python -m loadtest.soak                  # 10 minutes (make soak)
     python -m loadtest.soak --duration 30    # what tests/integration/test_soak.py runs
 
-A server subprocess (``python -m service.server``) serves a temporary store holding the tiny test model.
+A server subprocess (``python -m hark.server``) serves a temporary store holding the tiny test model.
 Worker tasks keep it busy with a random mix of scenarios, each with the outcome it must get:
 
 * ``stream``: a clip streamed faster than real time, every hop's scores asked for; must be OK with
@@ -47,10 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python loadtest/soak.py` as well as `python -m loadtest.soak`
     sys.path.insert(0, str(REPO))
 
+from hark.core.audio import encode_pcm  # noqa: E402
+from hark.core.model_store import MODEL_FILE  # noqa: E402
+from hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
 from loadtest.server_process import SERVER_ARGV, hark_env, open_fds, rss_bytes  # noqa: E402
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
-from service.audio import encode_pcm  # noqa: E402
-from service.model_store import MODEL_FILE  # noqa: E402
 from tests.fixtures_models import noise, publish_tiny, quiet  # noqa: E402
 
 OK = grpc.StatusCode.OK
@@ -63,7 +63,7 @@ RATE = 16_000
 
 @dataclass
 class ServerProcess:
-    """``python -m service.server`` in a subprocess, its stderr (JSON log lines) drained continuously so a
+    """``python -m hark.server`` in a subprocess, its stderr (JSON log lines) drained continuously so a
     full pipe can never stall it; error-level lines are kept for the report."""
 
     proc: asyncio.subprocess.Process

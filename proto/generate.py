@@ -1,4 +1,4 @@
-"""Generate the Python stubs for the Hark API into ``service/api/``.
+"""Generate the Python stubs for the Hark API into ``service/`` (``hark/v1`` is the package ``hark.v1``).
 
 Run by ``make proto``; the test suite runs it into a temporary folder and compares, so committed
 stubs can never drift from ``proto/``.
@@ -7,14 +7,14 @@ stubs can never drift from ``proto/``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
-DEFAULT_OUT = REPO_ROOT / "service" / "api"
+DEFAULT_OUT = REPO_ROOT / "service"
 PROTOS = ["hark/v1/hark.proto"]
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -32,24 +32,16 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
-    written = sorted(p for p in out_dir.rglob("*") if p.suffix in {".py", ".pyi"} and p.name != "__init__.py")
+    # The proto package hark.v1 is the Python package hark.v1 under service/: protoc's imports stand as written.
+    written = [out_dir / Path(p).parent / (Path(p).stem + suffix) for p in PROTOS for suffix in SUFFIXES]
     for path in written:
-        _make_imports_package_relative(path)
-    for package in (out_dir, out_dir / "hark", out_dir / "hark" / "v1"):
-        (package / "__init__.py").touch()
+        (path.parent / "__init__.py").touch()
     return written
-
-
-def _make_imports_package_relative(path: Path) -> None:
-    """protoc writes ``from hark.v1 import x``; the stubs live in ``service.api``."""
-    text = path.read_text()
-    text = re.sub(r"^from hark\.v1 import", "from service.api.hark.v1 import", text, flags=re.M)
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: service/api)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: service)")
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(path.relative_to(args.out))

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
-from training.data import LABELS
+from hark_training.data import LABELS
 
 SR = 16_000
 PER_SPLIT: Mapping[str, int] = {"train": 5, "val": 2, "test": 2}

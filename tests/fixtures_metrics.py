@@ -21,9 +21,9 @@ import grpc
 import numpy as np
 import soundfile as sf
 
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
-from service.frontend import LogMel
-from service.model_store import publish_version
+from hark.core.frontend import LogMel
+from hark.core.model_store import publish_version
+from hark.v1 import hark_pb2, hark_pb2_grpc
 from tests.fixtures_models import LABELS, SAMPLE_RATE, manifest_fields, noise, pcm_chunks, quiet, tiny_onnx
 
 

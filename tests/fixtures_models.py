@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.audio import encode_pcm
-from service.frontend import FrontendConfig
-from service.model_store import LoadedModel, load_version, publish_version
+from hark.core.audio import encode_pcm
+from hark.core.frontend import FrontendConfig
+from hark.core.model_store import LoadedModel, load_version, publish_version
 
 LABELS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_silence_", "_unknown_"]
 WINDOW_FRAMES = 98

@@ -31,11 +31,11 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports(include=["service"]):
-    from service.api.hark.v1 import hark_pb2
-    from service.audio import SUPPORTED_SAMPLE_RATES
-    from service.config import Settings
-    from service.server import RunningServer, start_server
+with atheris.instrument_imports(include=["hark"]):
+    from hark.config import Settings
+    from hark.core.audio import SUPPORTED_SAMPLE_RATES
+    from hark.server import RunningServer, start_server
+    from hark.v1 import hark_pb2
 
 import grpc
 

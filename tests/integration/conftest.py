@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from service.api.hark.v1 import hark_pb2_grpc
-from service.config import Settings
-from service.server import RunningServer, start_server
+from hark.config import Settings
+from hark.server import RunningServer, start_server
+from hark.v1 import hark_pb2_grpc
 from tests.fixtures_models import publish_tiny
 
 # Settings for tests: no background reloads (tests call ``reload()`` when they change the store), short

@@ -14,14 +14,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.frontend import LogMel
-from service.model_store import publish_version
+from hark.core.frontend import LogMel
+from hark.core.model_store import publish_version
+from hark_training import backbone
+from hark_training.backbone import BACKBONE_FRONTEND, BackboneUnavailableError, OwwTransfer
+from hark_training.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from tests.fixtures_models import LABELS, manifest_fields, quiet
 from tests.integration.conftest import StartHark
 from tests.integration.test_server import OK, audio_requests, config, run_stream
-from training import backbone
-from training.backbone import BACKBONE_FRONTEND, BackboneUnavailableError, OwwTransfer
-from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 try:
     backbone.resource(backbone.EMBEDDING_MODEL)

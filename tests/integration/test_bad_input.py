@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.api.hark.v1 import hark_pb2
+from hark.v1 import hark_pb2
 from tests.fixtures_models import noise
 from tests.integration.conftest import StartHark
 from tests.integration.test_cli import hark as run_hark

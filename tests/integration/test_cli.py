@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.server import RunningServer
+from hark.server import RunningServer
 
 pytestmark = pytest.mark.timeout(120)
 
 _SCRIPT = Path(sys.executable).with_name("hark")
-HARK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
+HARK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hark.cli"]
 
 
 @dataclass

@@ -30,8 +30,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
-from service.server import SERVICE_NAME
+from hark.server import SERVICE_NAME
+from hark.v1 import hark_pb2, hark_pb2_grpc
 from tests.integration.conftest import Hark
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,11 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.api.hark.v1 import hark_pb2
-from service.audio import encode_pcm
-from service.model_store import ModelStore
+from hark.core.audio import encode_pcm
+from hark.core.model_store import ModelStore
+from hark.v1 import hark_pb2
+from hark_training.data import (
+    SAMPLE_RATE,
+    Voice,
+    distinct_variants,
+    list_variants,
+    split_variants,
+    synthesize,
+    trim_silence,
+)
 from tests.integration.conftest import Hark, StartHark
-from training.data import SAMPLE_RATE, Voice, distinct_variants, list_variants, split_variants, synthesize, trim_silence
 
 BUNDLED_STORE = Path(os.environ.get("HARK_E2E_STORE") or Path(__file__).resolve().parents[2] / "model_store")
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]

@@ -33,13 +33,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hark.core.audio import encode_pcm
+from hark.core.model_store import MODEL_FILE, sha256_file
+from hark.serving.batcher import Batcher
+from hark.serving.errors import RETRY_PUSHBACK_MS
+from hark.serving.session import StreamSession
+from hark.v1 import hark_pb2, hark_pb2_grpc
 from loadtest.soak import TINY_WINDOW, ServerProcess, endless_audio, refusal_status
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
-from service.audio import encode_pcm
-from service.batcher import Batcher
-from service.model_store import MODEL_FILE, sha256_file
-from service.server import RETRY_PUSHBACK_MS
-from service.session import StreamSession
 from tests.fixtures_models import noise, publish_tiny, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
 from tests.integration.test_server import (

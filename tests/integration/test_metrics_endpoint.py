@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from hark.config import Settings
+from hark.core.audio import encode_pcm
+from hark.server import StartupError, start_server
+from hark.v1 import hark_pb2
 from loadtest.soak import TINY_WINDOW, endless_audio, refusal_status
-from service.api.hark.v1 import hark_pb2
-from service.audio import encode_pcm
-from service.config import Settings
-from service.server import StartupError, start_server
 from tests.fixtures_metrics import (
     failing_call,
     http,
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("hark")
-HARK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
+HARK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hark.cli"]
 TINY = {"model": "tiny", "version": "1"}
 
 

@@ -28,11 +28,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto
 
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
-from service.config import Settings
-from service.model_store import MODEL_FILE, ModelStore, VerificationError, load_version, sha256_file
-from service.security import MIN_TOKEN_CHARS, TokenVerifier, bearer_token, parse_tokens
-from service.server import StartupError, start_server
+from hark.config import Settings
+from hark.core.model_store import MODEL_FILE, ModelStore, VerificationError, load_version, sha256_file
+from hark.security import MIN_TOKEN_CHARS, TokenVerifier, bearer_token, parse_tokens
+from hark.server import StartupError, start_server
+from hark.v1 import hark_pb2, hark_pb2_grpc
 from tests.fixtures_models import noise, publish_tiny
 from tests.integration.conftest import TEST_SETTINGS, Hark, StartHark
 from tests.integration.test_cli import HARK, Result, write_wav
@@ -400,7 +400,7 @@ async def test_logs_hold_no_token_and_no_audio(
 async def test_audio_capture_is_off_by_default_and_bounded_when_on(
     hark: Hark, start_hark: StartHark, tiny_model_store: Path, tmp_path: Path
 ) -> None:
-    assert hark.running.servicer.capture is None
+    assert hark.running.plane.capture is None
     capture_dir = tmp_path / "capture"
     h = await start_hark(tiny_model_store, debug_capture_dir=capture_dir, debug_capture_max_bytes=8_000)
     samples = noise(1.0)
@@ -451,14 +451,14 @@ def test_weights_outside_the_checksummed_file_are_refused(tmp_path: Path) -> Non
 
 
 FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "torch",
-                     "training"}  # fmt: skip
+                     "hark_training"}  # fmt: skip
 
 
 def test_no_pickle_and_no_torch_in_the_serving_path() -> None:
     """Unpickling runs code: nothing under service/ may import a pickle-based loader, or torch, or training."""
     offences = []
     for path in sorted((REPO / "service").rglob("*.py")):
-        if "api" in path.relative_to(REPO / "service").parts:
+        if path.relative_to(REPO / "service").parts[:2] == ("hark", "v1"):
             continue  # generated protobuf stubs
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
@@ -485,8 +485,8 @@ def test_the_server_process_never_imports_pickle_based_loaders() -> None:
     """The same, at run time: importing the server and client loads none of them (the stdlib's own
     ``pickle`` may be pulled in by a dependency, so only the third-party loaders and torch are checked)."""
     code = (
-        "import sys, service.server, service.client, service.cli\n"
-        "print(sorted(m for m in ('torch', 'joblib', 'dill', 'cloudpickle', 'training') if m in sys.modules))"
+        "import sys, hark.server, hark.client, hark.cli\n"
+        "print(sorted(m for m in ('torch', 'joblib', 'dill', 'cloudpickle', 'hark_training') if m in sys.modules))"
     )
     import subprocess
 

@@ -23,11 +23,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
-from service.audio import encode_pcm, resample
-from service.config import Settings
-from service.model_store import MODEL_FILE
-from service.server import StartupError, start_server
+from hark.config import Settings
+from hark.core.audio import encode_pcm, resample
+from hark.core.model_store import MODEL_FILE
+from hark.server import StartupError, start_server
+from hark.v1 import hark_pb2, hark_pb2_grpc
 from tests.fixtures_models import noise, pcm_chunks, publish_tiny, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
 
@@ -556,7 +556,7 @@ async def test_sigterm_drains_and_exits_zero(tiny_model_store: Path) -> None:
         PYTHONPATH=str(REPO),
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.server", cwd=REPO, env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "hark.server", cwd=REPO, env=env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     lines: list[dict[str, object]] = []

@@ -19,7 +19,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.audio import (
+from hark.client import read_clip
+from hark.core.audio import (
     BYTES_PER_SAMPLE,
     PCM_F32LE,
     PCM_S16LE,
@@ -31,7 +32,6 @@ from service.audio import (
     encode_pcm,
     read_audio,
 )
-from service.client import read_clip
 
 ENCODINGS = st.sampled_from([PCM_S16LE, PCM_F32LE])
 unit_floats = hnp.arrays(

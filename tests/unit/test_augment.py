@@ -12,9 +12,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from service.frontend import FrontendConfig, LogMel
-from tests.fixtures_data import write_tone_dataset
-from training.augment import (
+from hark.core.frontend import FrontendConfig, LogMel
+from hark_training.augment import (
     AugmentedWindows,
     WaveformAugmenter,
     add_noise,
@@ -25,11 +24,12 @@ from training.augment import (
     spec_masks,
     time_stretch,
 )
-from training.config import AugmentConfig, TrainConfig, WaveformAugmentConfig, load_config
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.features import clip_window
-from training.train import METRICS_FILE, train
+from hark_training.config import AugmentConfig, TrainConfig, WaveformAugmentConfig, load_config
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.features import clip_window
+from hark_training.train import METRICS_FILE, train
+from tests.fixtures_data import write_tone_dataset
 
 SR = 16_000
 FloatArray = npt.NDArray[np.float32]
@@ -167,7 +167,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def windows(manifest: Path, config: WaveformAugmentConfig, seed: int = 0) -> AugmentedWindows:
-    from service.audio import read_audio
+    from hark.core.audio import read_audio
 
     rows = [r for r in read_data_manifest(manifest) if r.split == "train"]
     audio = [read_audio(r.path, SR) for r in rows]

@@ -17,12 +17,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.frontend import FrontendConfig, LogMel, StreamingLogMel
-from service.model_store import MODEL_FILE, load_version
-from service.session import full_scale_power
-from tests.fixtures_data import write_tone_dataset
-from training import backbone
-from training.backbone import (
+from hark.core.frontend import FrontendConfig, LogMel, StreamingLogMel
+from hark.core.model_store import MODEL_FILE, load_version
+from hark.serving.session import full_scale_power
+from hark_training import backbone
+from hark_training.backbone import (
     BACKBONE_FRONTEND,
     EMBEDDING_DIM,
     MEL_FRAME_LEAD,
@@ -33,11 +32,12 @@ from training.backbone import (
     load_embedding,
     sub_window_starts,
 )
-from training.config import AugmentConfig, TrainConfig
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.export import export_run
-from training.train import CHECKPOINT_FILE, RUN_FILE, load_checkpoint, log_power_augmenter, train
+from hark_training.config import AugmentConfig, TrainConfig
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.export import export_run
+from hark_training.train import CHECKPOINT_FILE, RUN_FILE, load_checkpoint, log_power_augmenter, train
+from tests.fixtures_data import write_tone_dataset
 
 SR = 16_000
 PARITY_TOLERANCE = 1e-4

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, BatcherPool, InferenceError
-from service.config import Settings
+from hark.config import Settings
+from hark.serving.batcher import Batcher, BatcherPool, InferenceError
 from tests.fixtures_models import load_tiny
 
 

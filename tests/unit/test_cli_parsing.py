@@ -22,10 +22,8 @@ import pytest
 import soundfile as sf
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service import audio, cli, client
-from service.api.hark.v1 import hark_pb2, hark_pb2_grpc
-from service.audio import AudioError
-from service.client import (
+from hark import cli, client
+from hark.client import (
     Classification,
     Detection,
     HarkClient,
@@ -38,6 +36,9 @@ from service.client import (
     read_clip,
     split_chunks,
 )
+from hark.core import audio
+from hark.core.audio import AudioError
+from hark.v1 import hark_pb2, hark_pb2_grpc
 
 NO_PLUGINS: list[importlib.metadata.EntryPoint] = []
 
@@ -171,7 +172,7 @@ def test_serve_builds_settings_and_prints_a_hint(
         seen["settings"] = settings
         return 0
 
-    monkeypatch.setitem(sys.modules, "service.server", types.SimpleNamespace(serve=fake_serve))
+    monkeypatch.setitem(sys.modules, "hark.server", types.SimpleNamespace(serve=fake_serve))
     monkeypatch.setenv("HARK_PORT", "6000")
     monkeypatch.setenv("HARK_LOG_LEVEL", "debug")
     code = cli.main(["serve", "--host", "0.0.0.0", "--port", "7000", "--model-store", str(tmp_path)])

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training import data
-from training.data import (
+from hark_training import data
+from hark_training.data import (
     KEYWORDS,
     LABELS,
     MANIFEST_COLUMNS,
@@ -27,7 +27,7 @@ from training.data import (
     split_variants,
     trim_silence,
 )
-from training.noise import NOISE_KINDS, colored_noise, make_noise, mix_at_snr, noise_gain_for_snr, power
+from hark_training.noise import NOISE_KINDS, colored_noise, make_noise, mix_at_snr, noise_gain_for_snr, power
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.api.hark.v1 import hark_pb2
-from service.config import Settings
-from service.server import SERVICE_NAME
+from hark.config import Settings
+from hark.server import SERVICE_NAME
+from hark.v1 import hark_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -717,7 +717,9 @@ def test_k8s_autoscales_on_cpu_and_active_streams() -> None:
     assert cpu and cpu[0][cpu[0]["type"][0].lower() + cpu[0]["type"][1:]]["name"] == "cpu"
     (pods,) = [m for m in metrics if m["type"] == "Pods"]
     assert pods["pods"]["metric"]["name"] == "hark_active_streams"
-    assert '"hark_active_streams"' in (REPO / "service" / "metrics.py").read_text(), "a metric Hark exports"
+    assert '"hark_active_streams"' in (REPO / "service" / "hark" / "serving" / "metrics.py").read_text(), (
+        "a metric Hark exports"
+    )
     assert float(pods["pods"]["target"]["averageValue"]) < float(hark_config()["HARK_MAX_STREAMS"])
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.drift import (
+from hark.core.model_store import Manifest
+from hark.serving.drift import (
     CLIP_LEVEL,
     FLOOR_DBFS,
     MIN_REFERENCE_STD,
@@ -19,7 +20,6 @@ from service.drift import (
     standardised_mean_shift,
     total_variation,
 )
-from service.model_store import Manifest
 from tests.fixtures_models import HOP_FRAMES, LABELS, N_MELS, WINDOW_FRAMES, manifest_fields
 
 REF_MEAN = np.linspace(-10.0, 2.0, N_MELS)

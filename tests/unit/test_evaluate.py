@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from service.model_store import (
+from hark.core.model_store import (
     MANIFEST_FILE,
     MODEL_FILE,
     ModelStore,
@@ -22,12 +22,11 @@ from service.model_store import (
     sha256_file,
     update_metrics,
 )
-from tests.fixtures_data import write_tone_dataset
-from training import evaluate as evaluate_mod
-from training.config import AugmentConfig, TrainConfig
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.evaluate import (
+from hark_training import evaluate as evaluate_mod
+from hark_training.config import AugmentConfig, TrainConfig
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.evaluate import (
     CONFUSION_FILE,
     METRICS_FILE,
     REPORT_FILES,
@@ -38,8 +37,9 @@ from training.evaluate import (
     resolve_version,
     write_report,
 )
-from training.export import export_run
-from training.train import train
+from hark_training.export import export_run
+from hark_training.train import train
+from tests.fixtures_data import write_tone_dataset
 
 PER_SPLIT = {"train": 8, "val": 2, "test": 3}
 QUIET = AugmentConfig(gain_db=0.0, noise_prob=0.0, time_masks=0, freq_masks=0)

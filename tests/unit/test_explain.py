@@ -15,14 +15,13 @@ import torch
 from matplotlib.image import imread
 from torch import nn
 
-from service.frontend import FrontendConfig, LogMel
-from service.model_store import read_manifest
-from tests.fixtures_data import write_tone_dataset
-from training import explain as explain_mod
-from training.config import AugmentConfig, TrainConfig
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.explain import (
+from hark.core.frontend import FrontendConfig, LogMel
+from hark.core.model_store import read_manifest
+from hark_training import explain as explain_mod
+from hark_training.config import AugmentConfig, TrainConfig
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.explain import (
     explain_clips,
     explain_window,
     gradcam,
@@ -31,10 +30,11 @@ from training.explain import (
     resolve_run,
     saliency,
 )
-from training.export import export_run
-from training.features import clip_window
-from training.models import ARCHITECTURES, build_model
-from training.train import CHECKPOINT_FILE, architecture_frontend, train
+from hark_training.export import export_run
+from hark_training.features import clip_window
+from hark_training.models import ARCHITECTURES, build_model
+from hark_training.train import CHECKPOINT_FILE, architecture_frontend, train
+from tests.fixtures_data import write_tone_dataset
 
 SR = 16_000
 ONSET_S, LENGTH_S = 0.25, 0.5

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.frontend import FrontendConfig, LogMel, StreamingLogMel
+from hark.core.frontend import FrontendConfig, LogMel, StreamingLogMel
 
 CONFIG = FrontendConfig()
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.config import Settings
-from service.frontend import FrontendConfig, LogMel
-from service.model_store import LoadedModel
-from service.session import StreamSession, Window, full_scale_power
+from hark.config import Settings
+from hark.core.audio import PCM_S16LE, encode_pcm
+from hark.core.frontend import FrontendConfig, LogMel
+from hark.core.model_store import LoadedModel
+from hark.serving.batcher import BatcherPool
+from hark.serving.pipeline import StreamPipeline
+from hark.serving.session import StreamSession, Window, full_scale_power
 from tests.fixtures_models import LABELS, load_tiny, noise, quiet, utterance
 
 SILENCE = LABELS.index("_silence_")
@@ -30,14 +33,20 @@ def feed(s: StreamSession, samples: np.ndarray, size: int = 1600) -> list[Window
     return windows + s.finish()
 
 
-def run(s: StreamSession, samples: np.ndarray, size: int = 1600) -> list[tuple[Window, np.ndarray, list[str]]]:
-    """The server's loop without the server: gated windows take the session's scores, others the model's."""
-    out = []
-    for w in feed(s, samples, size):
-        p = s.gated_probabilities() if w.gated else s.model.runner.run(w.features[None])[0]
-        scored = s.score(w, p)
-        out.append((w, scored.scores, [e.label for e in scored.events]))
-    return out
+async def run(s: StreamSession, samples: np.ndarray, size: int = 1600) -> list[tuple[Window, np.ndarray, list[str]]]:
+    """The live path: a StreamPipeline over the version's batcher, fed the audio as s16 PCM chunks."""
+    pool = BatcherPool(Settings())
+    pcm = encode_pcm(samples, PCM_S16LE)
+    results = []
+    try:
+        with pool.lease(s.model) as batcher:
+            pipeline = StreamPipeline(s, batcher)
+            for i in range(0, len(pcm), 2 * size):
+                results += await pipeline.feed(pcm[i : i + 2 * size])
+            results += await pipeline.finish()
+    finally:
+        await pool.close()
+    return [(r.window, r.scores, [e.label for e in r.events]) for r in results]
 
 
 def test_the_reference_makes_levels_read_as_rms_dbfs() -> None:
@@ -72,9 +81,9 @@ def test_gating_does_not_depend_on_the_chunking(model: LoadedModel) -> None:
     assert all(f == flags[0] for f in flags) and any(flags[0]) and not all(flags[0])
 
 
-def test_a_gated_window_scores_as_silence_and_no_event_changes(model: LoadedModel) -> None:
+async def test_a_gated_window_scores_as_silence_and_no_event_changes(model: LoadedModel) -> None:
     audio = np.concatenate([utterance(), utterance()])
-    on, off = run(session(model), audio), run(session(model, gate_dbfs=float("-inf")), audio)
+    on, off = await run(session(model), audio), await run(session(model, gate_dbfs=float("-inf")), audio)
     assert [e for *_, e in on] == [e for *_, e in off]
     assert sum(len(e) for *_, e in on) == 2  # one event per word, as without gating
     assert any(w.gated for w, *_ in on)

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures_data import write_tone_dataset
-from training.config import TrainConfig
-from training.data import LABELS, ClipRecord
-from training.data import read_manifest as read_data_manifest
-from training.kfold import (
+from hark_training.config import TrainConfig
+from hark_training.data import LABELS, ClipRecord
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.kfold import (
     REPORT_FILE,
     TABLE_FILE,
     KFoldReport,
@@ -22,7 +21,8 @@ from training.kfold import (
     summarize,
     voice_folds,
 )
-from training.train import METRICS_FILE, RUN_FILE
+from hark_training.train import METRICS_FILE, RUN_FILE
+from tests.fixtures_data import write_tone_dataset
 
 K = 3
 

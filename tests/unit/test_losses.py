@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import TrainConfig
-from training.losses import (
+from hark_training.config import TrainConfig
+from hark_training.losses import (
     BinaryCrossEntropy,
     FocalLoss,
     build_loss,

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from prometheus_client.core import Metric
 
-from service.metrics import STAGES, HarkMetrics, is_loopback
-from service.model_store import LoadedModel, ModelStore, RefreshReport
+from hark.core.model_store import LoadedModel, ModelStore, RefreshReport
+from hark.serving.metrics import STAGES, HarkMetrics, is_loopback
 from tests.fixtures_metrics import publish_observed_tiny
 from tests.fixtures_models import LABELS, noise
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model_store import (
+from hark.core.model_store import (
     MANIFEST_FILE,
     MODEL_FILE,
     InvalidModelName,

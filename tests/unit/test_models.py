@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from service.runner import create_session
-from training.config import load_config
-from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, export_onnx
-from training.models import ARCHITECTURES, AttentionPool, build_model, count_parameters
-from training.train import architecture_frontend
+from hark.core.runner import create_session
+from hark_training.config import load_config
+from hark_training.export import INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, export_onnx
+from hark_training.models import ARCHITECTURES, AttentionPool, build_model, count_parameters
+from hark_training.train import architecture_frontend
 
 N_CLASSES, FRAMES, MELS = 12, 98, 40
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"

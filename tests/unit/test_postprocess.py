@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.postprocess import Detection, PostprocessConfig, Postprocessor, aggregate_clip
+from hark.core.postprocess import Detection, PostprocessConfig, Postprocessor, aggregate_clip
 
 LABELS = ("yes", "no", "_silence_")
 HOP_S = 0.1

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service import cli
-from service.preprocess import (
+from hark import cli
+from hark.core.preprocess import (
     DEFAULT_PEAK_DBFS,
     PreprocessConfig,
     normalize_peak,

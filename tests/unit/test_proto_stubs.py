@@ -1,4 +1,4 @@
-"""The committed stubs in service/api are exactly what `make proto` generates from proto/."""
+"""The committed stubs in service/hark/v1 are exactly what `make proto` generates from proto/."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def _generator():  # proto/ is not a package: load the script by path
 def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     written = _generator().generate(tmp_path)
     assert written, "protoc wrote nothing"
-    committed = REPO / "service" / "api"
+    committed = REPO / "service"
     stale = [
         str(p.relative_to(tmp_path))
         for p in written
         if (committed / p.relative_to(tmp_path)).read_text() != p.read_text()
     ]
-    assert not stale, f"stale stubs {stale}: run `make proto` and commit service/api"
+    assert not stale, f"stale stubs {stale}: run `make proto` and commit service/hark/v1"

@@ -9,16 +9,16 @@ import numpy as np
 import onnx
 import pytest
 
-from service.model_store import ModelStore, load_version, read_manifest, sha256_file
+from hark.core.model_store import ModelStore, load_version, read_manifest, sha256_file
+from hark_training import quantize as quantize_mod
+from hark_training.config import TrainConfig
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.export import export_run
+from hark_training.features import SplitFeatures
+from hark_training.quantize import QuantizeOptions, calibration_windows, quantize_version
+from hark_training.train import train
 from tests.fixtures_data import write_tone_dataset
-from training import quantize as quantize_mod
-from training.config import TrainConfig
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.export import export_run
-from training.features import SplitFeatures
-from training.quantize import QuantizeOptions, calibration_windows, quantize_version
-from training.train import train
 
 PER_SPLIT = {"train": 8, "val": 2, "test": 4}
 # int8 may cost at most this much test accuracy (2 of the 48 test windows) against float.

@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from service.config import Settings
+from hark.config import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.ring_buffer import FrameRing
+from hark.core.ring_buffer import FrameRing
 
 
 @settings(max_examples=100, deadline=None)

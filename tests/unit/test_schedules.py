@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from hark_training.config import TrainConfig
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.lr_find import PLOT_FILE, RESULT_FILE, LrFindResult, find_lr
+from hark_training.schedules import build_scheduler, should_stop
+from hark_training.train import METRICS_FILE, RUN_FILE, train
 from tests.fixtures_data import write_tone_dataset
-from training.config import TrainConfig
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.lr_find import PLOT_FILE, RESULT_FILE, LrFindResult, find_lr
-from training.schedules import build_scheduler, should_stop
-from training.train import METRICS_FILE, RUN_FILE, train
 
 LR, STEPS = 0.01, 100
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.audio import AudioError, encode_pcm, resample
-from service.config import Settings
-from service.frontend import LogMel
-from service.model_store import LoadedModel
-from service.session import StreamSession, StreamTooLong, Window, clip_windows
+from hark.config import Settings
+from hark.core.audio import AudioError, encode_pcm, resample
+from hark.core.frontend import LogMel
+from hark.core.model_store import LoadedModel
+from hark.serving.session import StreamSession, StreamTooLong, Window, clip_windows
 from tests.fixtures_models import load_tiny, noise, utterance
 
 WINDOW_S = (400 + 97 * 160) / 16_000  # 98 frames of 25 ms every 10 ms

@@ -13,19 +13,18 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from service.audio import read_audio
-from service.frontend import FrontendConfig, LogMel
-from service.model_store import load_version, read_manifest, sha256_file
-from tests.fixtures_data import PER_SPLIT, write_tone_dataset
-from training import export as export_mod
-from training.augment import FeatureAugmenter, mix_noise, spec_masks, time_shift
-from training.config import AugmentConfig, TrainConfig, load_config
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.export import CONTROL_PER_CLASS, ParityError, check_parity, export_onnx, export_run
-from training.features import clip_window, extract, feature_stats, load_splits, pad_to
-from training.models import ARCHITECTURES, build_model
-from training.train import (
+from hark.core.audio import read_audio
+from hark.core.frontend import FrontendConfig, LogMel
+from hark.core.model_store import load_version, read_manifest, sha256_file
+from hark_training import export as export_mod
+from hark_training.augment import FeatureAugmenter, mix_noise, spec_masks, time_shift
+from hark_training.config import AugmentConfig, TrainConfig, load_config
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.export import CONTROL_PER_CLASS, ParityError, check_parity, export_onnx, export_run
+from hark_training.features import clip_window, extract, feature_stats, load_splits, pad_to
+from hark_training.models import ARCHITECTURES, build_model
+from hark_training.train import (
     CHECKPOINT_FILE,
     METRICS_FILE,
     architecture_frontend,
@@ -33,6 +32,7 @@ from training.train import (
     resolve_config,
     train,
 )
+from tests.fixtures_data import PER_SPLIT, write_tone_dataset
 
 SR = 16_000
 
@@ -143,7 +143,7 @@ def test_config_loads_from_toml_and_json(tmp_path: Path) -> None:
 
 
 def test_commands_register_and_override_the_config(tmp_path: Path) -> None:
-    from training import train as train_mod
+    from hark_training import train as train_mod
 
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers()

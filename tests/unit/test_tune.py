@@ -9,12 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hark_training import kfold, lr_find, tune
+from hark_training.config import TrainConfig, load_config
+from hark_training.data import LABELS
+from hark_training.data import read_manifest as read_data_manifest
+from hark_training.models import build_model, count_parameters
 from tests.fixtures_data import write_tone_dataset
-from training import kfold, lr_find, tune
-from training.config import TrainConfig, load_config
-from training.data import LABELS
-from training.data import read_manifest as read_data_manifest
-from training.models import build_model, count_parameters
 
 TRIALS, EPOCHS = 3, 2
 

@@ -1,0 +1,113 @@
+"""Every server setting in one place: environment variables with the ``HARK_`` prefix, or a file.
+
+Precedence: explicit arguments (the CLI's ``--host``/``--port``), then ``HARK_*`` environment variables,
+then the file named by ``HARK_CONFIG_FILE`` (JSON), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: service/hark/config.py
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HARK_", extra="forbid")
+
+    # Network
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+
+    # Models
+    model_store: Path = Field(REPO_ROOT / "model_store", description="Root of the versioned model store.")
+    default_model: str = Field("", description="Model for requests that name none; empty = first by name.")
+    reload_interval_s: float = Field(5.0, ge=0.0, description="How often the store is rescanned; 0 = never.")
+    intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per inference call.")
+    inference_workers: int = Field(1, ge=1, le=64, description="Threads that run inference batches.")
+
+    # Batching
+    # 4: measured best for the bundled DS-CNN on one core (loadtest/README.md): onnxruntime's windows per
+    # second peak at batch 2 and fall beyond it, while each batch costs one hand-off to the inference thread.
+    max_batch: int = Field(4, ge=1, le=1024, description="Most windows in one inference batch.")
+    max_delay_ms: float = Field(2.0, ge=0.0, description="Longest a window waits for a batch to fill.")
+
+    # Streams
+    max_streams: int = Field(1000, ge=1, description="Concurrent streams before RESOURCE_EXHAUSTED.")
+    max_chunk_bytes: int = Field(1024 * 1024, ge=2, description="Largest audio chunk accepted.")
+    max_stream_s: float = Field(3600.0, gt=0, description="Longest stream, in seconds of audio.")
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="A stream silent on the wire, or whose responses go unread, this long is ended."
+    )
+
+    # Security (service/security.py): TLS, mutual TLS, bearer tokens; all off by default
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain; with tls_key_file the port is TLS only."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="Accepted bearer tokens, one per line ('#' comments); setting it requires a token."
+    )
+    auth_tokens: SecretStr = Field(
+        SecretStr(""), description="Accepted bearer tokens, comma-separated; any token here requires one."
+    )
+    auth_exempt_health: bool = Field(True, description="Health checks need no token (load balancers, kubelet).")
+    auth_exempt_reflection: bool = Field(False, description="Server reflection (grpcurl) needs no token.")
+    debug_capture_dir: Path | None = Field(
+        None, description="Debugging only: write each stream's first audio here as WAV (100 files at most)."
+    )
+    debug_capture_max_bytes: int = Field(
+        320_000, ge=0, description="PCM bytes captured per stream when debug_capture_dir is set."
+    )
+
+    # Postprocessing: one spoken word, one event
+    smoothing_windows: int = Field(3, ge=1, le=50, description="Hops averaged before thresholding.")
+    threshold: float = Field(0.6, gt=0.0, le=1.0, description="Smoothed score that raises an event.")
+    release_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Score below which a class re-arms.")
+    refractory_s: float = Field(1.0, ge=0.0, description="Quiet time after an event for the same class.")
+    holdoff_s: float = Field(
+        0.3,
+        ge=0.0,
+        description="Once an event's class falls below release_threshold, other classes stay quiet this long "
+        "(the tail of a word must not read as another word: 'stop' then 'up').",
+    )
+    gate_dbfs: float | None = Field(
+        -60.0,
+        description="Energy gate: a stream window whose loudest 10 ms frame is below this level (dBFS) is scored "
+        "as silence without a model call (WindowScores.gated); -inf (or null in the config file) = off.",
+    )
+
+    # Metrics, drift and control-set checks
+    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus /metrics HTTP server binds.")
+    metrics_port: int = Field(
+        9100, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
+    )
+    drift_window_s: float = Field(
+        300.0, gt=0.0, description="Time constant of the live drift statistics (exponentially weighted)."
+    )
+    control_interval_s: float = Field(
+        3600.0, ge=0.0, description="How often each version's control set runs through the live path; 0 = never."
+    )
+
+    # Lifecycle and logs
+    shutdown_grace_s: float = Field(10.0, ge=0.0, description="Time running streams get to finish on SIGTERM.")
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Settings from the optional ``HARK_CONFIG_FILE``, the environment, then ``overrides``."""
+        file_values: dict[str, Any] = {}
+        if path := os.environ.get("HARK_CONFIG_FILE"):
+            file_values = json.loads(Path(path).read_text())
+        env_values = cls().model_dump(exclude_unset=True)
+        return cls(**{**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,294 @@
+"""The server process: load the store, start the transports over one data plane, reload, drain, stop.
+
+Every transport is a thin adapter over :class:`~hark.serving.pipeline.DataPlane`; this module only wires
+them together and owns the lifecycle: health, reflection, the model-reload and control-check timers,
+graceful shutdown on SIGTERM/SIGINT.
+
+Run it with ``python -m hark.server`` (settings from ``HARK_*``) or through the CLI's ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hark.config import Settings
+from hark.core.model_store import ModelStore, RefreshReport
+from hark.logging import configure_logging, get_logger
+from hark.security import SecurityError, tls_mode
+from hark.serving.admission import Admission
+from hark.serving.batcher import BatcherPool
+from hark.serving.capture import AudioCapture
+from hark.serving.control import Controller
+from hark.serving.metrics import HarkMetrics, MetricsServer
+from hark.serving.pipeline import DataPlane
+from hark.transports.grpc.security import TokenAuthInterceptor, server_credentials, server_interceptors
+from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService
+from hark.v1 import hark_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "RunningServer", "StartupError", "serve", "start_server"]
+
+log = get_logger("hark.server")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (no valid model, port taken); the message says what to fix."""
+
+
+@dataclass
+class RunningServer:
+    """A started server. ``stop`` drains it; ``reload`` rescans the store now (the timer does it too)."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    store: ModelStore
+    pool: BatcherPool
+    plane: DataPlane
+    admission: Admission
+    servicer: ClassifierService
+    health: health.aio.HealthServicer
+    host: str
+    port: int
+    metrics: HarkMetrics
+    controller: Controller
+    metrics_server: MetricsServer | None = None
+    _reload_task: asyncio.Task[None] | None = None
+    _control_task: asyncio.Task[None] | None = None
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    async def reload(self) -> RefreshReport:
+        """Rescan the store in a worker thread, log what changed, retire batchers of vanished versions."""
+        report = await asyncio.to_thread(self.store.refresh)
+        _log_report(report)
+        self.metrics.on_refresh(report)
+        models = self.store.models()
+        self.pool.sweep(m for versions in models.values() for m in versions.values())
+        if not self._stopping:
+            status = health_pb2.HealthCheckResponse.SERVING if models else health_pb2.HealthCheckResponse.NOT_SERVING
+            if not models:
+                log.error("no valid model left in the store", store=str(self.store.root))
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, status)
+        return report
+
+    async def _reload_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("model store refresh failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health to NOT_SERVING, refuse new classification calls with UNAVAILABLE, give running ones
+        ``grace`` seconds (``settings.shutdown_grace_s`` when None), then close the server."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", grace_s=grace, streams=self.admission.active_streams)
+        # Health first, so load balancers stop sending; the server keeps answering health checks and
+        # model queries while the classification calls already running finish.
+        await self.health.enter_graceful_shutdown()
+        for task in (self._reload_task, self._control_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not await self.admission.drain(grace):
+            log.warning("grace period over; cancelling running calls", calls=self.admission.active_calls)
+        # A short tail for calls that are not classification (health watches, reflection); 0 when the
+        # grace period is already spent.
+        await self.server.stop(min(1.0, grace) if self.admission.active_calls == 0 else 0)
+        await self.pool.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def _log_report(report: RefreshReport) -> None:
+    for name, version in report.loaded:
+        log.info("model version loaded", model=name, version=version)
+    for path, reason in report.refused.items():
+        log.warning("model version refused", path=path, reason=reason)
+    for name, version in report.removed:
+        log.info("model version removed", model=name, version=version)
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
+    configure_logging(settings.log_format, settings.log_level)
+    store = ModelStore(
+        settings.model_store,
+        default_model=settings.default_model,
+        intra_op_threads=settings.intra_op_threads,
+        warmup_batch=settings.max_batch,
+    )
+    metrics = HarkMetrics(store, drift_window_s=settings.drift_window_s)
+    try:  # before any model loads: a security setting that cannot work stops the start at once
+        interceptors = server_interceptors(settings, on_refusal=metrics.error)
+        credentials = server_credentials(settings)
+    except SecurityError as e:
+        raise StartupError(str(e)) from e
+    report = await asyncio.to_thread(store.refresh)
+    _log_report(report)
+    metrics.on_refresh(report)
+    models = store.models()
+    if not models:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in report.refused.items())
+        raise StartupError(
+            f"no valid model version in {settings.model_store}"
+            + (f" (refused: {reasons})" if reasons else " (the store is empty or missing)")
+        )
+    if settings.default_model and settings.default_model not in models:
+        raise StartupError(
+            f"default model {settings.default_model!r} has no valid version in {settings.model_store} "
+            f"(available: {', '.join(sorted(models))})"
+        )
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+    ]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    pool = BatcherPool(settings, observers=metrics.batch_observers)
+    plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))
+    admission = Admission(settings.max_streams)
+    servicer = ClassifierService(plane, admission)
+    metrics.active_streams.set_function(lambda: admission.active_streams)
+    controller = Controller(plane)
+    hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    target = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
+    except RuntimeError as e:
+        raise StartupError(f"cannot listen on {target}: {e}") from e
+    if port == 0:
+        raise StartupError(f"cannot listen on {target}")
+    log.info(
+        "transport security",
+        tls=tls_mode(settings),
+        token_auth=any(isinstance(i, TokenAuthInterceptor) for i in interceptors),
+        debug_capture=str(settings.debug_capture_dir) if settings.debug_capture_dir else None,
+    )
+    metrics_server = None
+    if settings.metrics_port >= 0:
+        try:
+            metrics_server = MetricsServer(
+                metrics,
+                settings.metrics_host,
+                settings.metrics_port,
+                controller.http_handler(asyncio.get_running_loop()),
+            )
+        except OSError as e:
+            await server.stop(0)
+            await pool.close()
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {e} "
+                "(set HARK_METRICS_PORT to a free port, 0 for any, -1 to disable)"
+            ) from e
+        metrics_server.start()
+    await server.start()
+    running = RunningServer(
+        settings=settings,
+        server=server,
+        store=store,
+        pool=pool,
+        plane=plane,
+        admission=admission,
+        servicer=servicer,
+        health=health_servicer,
+        host=settings.host,
+        port=port,
+        metrics=metrics,
+        controller=controller,
+        metrics_server=metrics_server,
+    )
+    if settings.control_interval_s > 0:
+        running._control_task = asyncio.get_running_loop().create_task(
+            controller.run_forever(settings.control_interval_s), name="control-check"
+        )
+    if settings.reload_interval_s > 0:
+        running._reload_task = asyncio.get_running_loop().create_task(
+            running._reload_forever(settings.reload_interval_s), name="model-reload"
+        )
+    return running
+
+
+async def _serve(settings: Settings) -> int:
+    running = await start_server(settings)
+    log.info(
+        f"listening on {running.address}",
+        address=running.address,
+        models=sorted(running.store.models()),
+        metrics=running.metrics_server.url + "/metrics" if running.metrics_server else None,
+    )
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+    forced: set[asyncio.Task[None]] = set()
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("signal received", signal=sig.name)
+            stop_requested.set()
+        else:  # a second signal: do not wait for the grace period
+            log.warning("second signal: cancelling running streams now", signal=sig.name)
+            forced.add(loop.create_task(running.server.stop(0)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop_requested.wait()
+        await running.stop(settings.shutdown_grace_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    """Run the server on uvloop until SIGTERM/SIGINT; return the process exit code (0 after a clean drain)."""
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return uvloop.run(_serve(settings))
+    except StartupError as e:
+        log.error("cannot start", error=str(e))
+        return 1
+
+
+def main() -> int:
+    """``python -m hark.server``: settings from ``HARK_*`` and ``HARK_CONFIG_FILE``."""
+    return serve(Settings.load())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

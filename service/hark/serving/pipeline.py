@@ -1,0 +1,232 @@
+"""The stream pipeline: one stream's whole path from PCM bytes to scored windows and events, no transport in it.
+
+Every transport (gRPC, WebSocket, the Open Inference Protocol), the control-set check, the benchmarks and
+the tests drive this one choreography::
+
+    with plane.open_stream(options, stream_id) as pipeline:   # resolves the model, leases its batcher
+        for pcm in chunks:
+            results = await pipeline.feed(pcm)                  # decode → frontend → windows → gate → batch
+        results = await pipeline.finish()                       #   → model → postprocess → Scored
+
+A :class:`StreamPipeline` owns a :class:`~hark.serving.session.StreamSession` (the pure, synchronous
+state: resampler, frontend, ring, postprocessor), a lease on the version's shared
+:class:`~hark.serving.batcher.Batcher`, the version's metric instruments and an optional debug capture.
+Gated (too quiet) windows never reach the model; their scores come from the session, in window order.
+
+:class:`DataPlane` is the server's one core that transports call, in the spirit of MLServer's data plane
+and sherpa-onnx's engine/stream split: it opens stream pipelines, classifies whole clips and lists models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hark.config import Settings
+from hark.core.audio import PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
+from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
+from hark.core.postprocess import aggregate_clip
+from hark.serving.batcher import Batcher, BatcherPool
+from hark.serving.capture import AudioCapture, StreamCapture
+from hark.serving.errors import Refusal
+from hark.serving.metrics import HarkMetrics, ModelInstruments
+from hark.serving.session import Scored, StreamSession, Window, clip_windows
+
+FloatArray = npt.NDArray[np.float32]
+
+# Chunks larger than this (about 8 s of 16 kHz int16) are decoded and featurised in a worker thread, so
+# other streams keep moving.
+OFFLOAD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What a client asks for when it opens a stream: the same fields on every transport."""
+
+    model: str = ""  # "" = the server's default model
+    version: int = 0  # 0 = the newest valid version
+    sample_rate_hz: int = 16000
+    encoding: str = PCM_S16LE
+    emit_scores: bool = False
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """A whole clip's answer: the model version, the winning label and every class's score."""
+
+    model: LoadedModel
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class StreamPipeline:
+    """One stream, from bytes to results. Feed chunks in order; results come in window order.
+
+    Raises what the session raises (:class:`~hark.core.audio.AudioError`,
+    :class:`~hark.serving.session.StreamTooLong`) and :class:`~hark.serving.batcher.InferenceError`;
+    :func:`hark.serving.errors.refusal_of` maps each to a status. Not safe for concurrent ``feed`` calls:
+    a stream is one ordered sequence of chunks.
+    """
+
+    def __init__(
+        self,
+        session: StreamSession,
+        batcher: Batcher,
+        instruments: ModelInstruments | None = None,
+        capture: StreamCapture | None = None,
+    ) -> None:
+        self.session = session
+        self.batcher = batcher
+        self.instruments = instruments
+        self.capture = capture
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.session.model
+
+    @property
+    def emit_scores(self) -> bool:
+        return self.session.emit_scores
+
+    async def feed(self, pcm: bytes) -> list[Scored]:
+        """One chunk of PCM bytes in; the windows it completed, scored and postprocessed, out."""
+        arrived = time.perf_counter()
+        if self.capture is not None:
+            self.capture.add(pcm)
+        if self.instruments is not None:
+            self.instruments.chunk(len(pcm))
+        session = self.session
+        windows = await asyncio.to_thread(session.feed_pcm, pcm) if len(pcm) > OFFLOAD_BYTES else session.feed_pcm(pcm)
+        return await self._score(windows, arrived)
+
+    async def finish(self) -> list[Scored]:
+        """End of audio: the tail is padded so the last audio is scored too."""
+        return await self._score(self.session.finish(), time.perf_counter())
+
+    async def _score(self, windows: list[Window], arrived: float) -> list[Scored]:
+        if not windows:
+            return []
+        live = [w.features for w in windows if not w.gated]
+        probabilities = iter(await self.batcher.submit_many(live) if live else [])
+        results = []
+        for window in windows:
+            p = self.session.gated_probabilities() if window.gated else next(probabilities)
+            scored = self.session.score(window, p)
+            results.append(scored)
+            if self.instruments is not None:
+                self.instruments.window(window.features, p, (e.label for e in scored.events), arrived)
+        return results
+
+
+class DataPlane:
+    """The serving core every transport calls: open stream pipelines, classify clips, describe models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        pool: BatcherPool,
+        metrics: HarkMetrics,
+        capture: AudioCapture | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.metrics = metrics
+        self.capture = capture
+
+    def resolve(self, name: str, version: int) -> LoadedModel:
+        return self.store.resolve(name, version)
+
+    def open_stream(
+        self, options: StreamOptions, stream_id: str = "", *, observed: bool = True
+    ) -> AbstractContextManager[StreamPipeline]:
+        """A pipeline for one stream, for the ``with`` block. Validates the options (rate, model) first.
+
+        ``observed=False`` keeps the stream out of traffic and drift metrics and debug capture (the control
+        check's clips are not client traffic); it still goes through the version's shared batcher.
+        """
+        check_sample_rate(options.sample_rate_hz)
+        model = self.store.resolve(options.model, options.version)
+        instruments = self.metrics.instruments(model) if observed else None
+        session = StreamSession(
+            model,
+            sample_rate=options.sample_rate_hz,
+            encoding=options.encoding,
+            settings=self.settings,
+            stream_id=stream_id,
+            emit_scores=options.emit_scores,
+            **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
+        )
+        capture = None
+        if observed and self.capture is not None:
+            capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)
+        return self._leased(session, instruments, capture)
+
+    @contextmanager
+    def _leased(
+        self, session: StreamSession, instruments: ModelInstruments | None, capture: StreamCapture | None
+    ) -> Iterator[StreamPipeline]:
+        with self.pool.lease(session.model) as batcher:
+            yield StreamPipeline(session, batcher, instruments, capture)
+
+    async def classify(
+        self,
+        pcm: bytes | FloatArray,
+        *,
+        sample_rate_hz: int,
+        encoding: str = PCM_S16LE,
+        model: str = "",
+        version: int = 0,
+    ) -> ClipResult:
+        """A whole clip's scores: PCM bytes in ``encoding`` (or float samples) at ``sample_rate_hz``."""
+        rate = check_sample_rate(sample_rate_hz)
+        loaded = self.store.resolve(model, version)
+        nbytes = pcm.nbytes if isinstance(pcm, np.ndarray) else len(pcm)
+        if nbytes == 0:
+            raise AudioError("pcm is empty: send the clip's samples")
+        samples = pcm.astype(np.float32, copy=False) if isinstance(pcm, np.ndarray) else decode_pcm(pcm, encoding)
+        if samples.size / rate > self.settings.max_stream_s:
+            raise Refusal(
+                "INVALID_ARGUMENT",
+                f"clip of {samples.size / rate:.1f} s exceeds the limit of {self.settings.max_stream_s:g} s",
+            )
+        target = loaded.manifest.frontend.sample_rate
+        windows = await asyncio.to_thread(lambda: clip_windows(resample(samples, rate, target), loaded))
+        with self.pool.lease(loaded) as batcher:
+            probabilities = np.stack(await batcher.submit_many(list(windows)))
+        instruments = self.metrics.instruments(loaded)
+        instruments.audio(samples, rate)
+        instruments.clip(nbytes, windows, probabilities)
+        m = loaded.manifest
+        scores = aggregate_clip(probabilities, m.labels, m.background_labels)
+        best = int(scores.argmax())
+        return ClipResult(
+            model=loaded,
+            label=m.labels[best],
+            score=float(scores[best]),
+            scores={label: float(s) for label, s in zip(m.labels, scores, strict=True)},
+        )
+
+    def models(self) -> dict[str, dict[int, LoadedModel]]:
+        """Every served model's valid versions."""
+        return self.store.models()
+
+    def model_versions(self, name: str) -> tuple[str, dict[int, LoadedModel]]:
+        """One model's name (the default when ``name`` is empty) and versions, or :class:`ModelNotFound`."""
+        name = name or self.store.default_name()
+        if not name:
+            raise ModelNotFound("no model is served")
+        validate_model_name(name)
+        models = self.store.models()
+        if name not in models:
+            available = ", ".join(sorted(models)) or "none"
+            raise ModelNotFound(f"model {name!r} is not served (available: {available})")
+        return name, models[name]

@@ -1,0 +1,351 @@
+"""``hark export RUN_DIR``: turn a training run into a verified model version in the store.
+
+The order is what makes a published version trustworthy: export to ONNX, prove onnxruntime computes
+what torch computes on real test windows (refusing otherwise), measure every reported metric on the
+exported ONNX file itself (not on the torch model), verify the version in a scratch store with the
+server's own :func:`hark.core.model_store.load_version`, and only then publish it into the real store
+(atomically) and load it once more from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from hark.core.frontend import FrontendConfig
+from hark.core.model_store import (
+    CONTROL_CSV,
+    CONTROL_DIR,
+    FeatureStats,
+    VerificationError,
+    publish_verified,
+    sha256_file,
+)
+from hark.core.runner import create_session, softmax
+from hark_training import backbone
+from hark_training.config import TrainConfig, load_config
+from hark_training.data import ClipRecord
+from hark_training.evaluate import (
+    DIGITS,
+    REPORT_FILES,
+    classification_report,
+    evaluation_summary,
+    rounded,
+    write_report,
+)
+from hark_training.features import SplitFeatures, load_splits
+from hark_training.models import count_parameters
+from hark_training.train import CHECKPOINT_FILE, CONFIG_FILE, RUN_FILE, STATS_FILE, load_checkpoint
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "logits"
+BACKGROUND_LABELS = ("_silence_", "_unknown_")
+PARITY_TOLERANCE = 1e-4
+PARITY_WINDOWS = 64
+OPSET = 17
+CONTROL_PER_CLASS = 3  # 36 clips for twelve classes: "a few dozen", about 1 MB beside the model
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and torch disagree on the same inputs: the exported graph is not the trained model."""
+
+
+def export_onnx(model: nn.Module, path: Path, window_frames: int, n_mels: int) -> Path:
+    """Write ``model`` as ONNX: input ``features [batch, frames, n_mels]``, output ``logits [batch, classes]``."""
+    model.eval()
+    example = torch.zeros(2, window_frames, n_mels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,  # the torch.export-based exporter needs onnxscript, which training does not install
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return path
+
+
+def onnx_logits(session: ort.InferenceSession, x: FloatArray, batch_size: int = 256) -> FloatArray:
+    outs = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x[i : i + batch_size])})[0]
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32) if outs else np.empty((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def check_parity(model: nn.Module, onnx_path: Path, windows: FloatArray, tolerance: float = PARITY_TOLERANCE) -> float:
+    """Max |torch - onnxruntime| over the logits of ``windows``; raise :class:`ParityError` above ``tolerance``."""
+    model.eval()
+    expected = model(torch.from_numpy(np.ascontiguousarray(windows))).numpy()
+    actual = onnx_logits(create_session(onnx_path, 1), windows)
+    if actual.shape != expected.shape:
+        raise ParityError(f"onnxruntime gave logits of shape {actual.shape}, torch {expected.shape}")
+    diff = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+    if not diff <= tolerance:  # also catches NaN
+        raise ParityError(
+            f"onnxruntime and torch differ by up to {diff:.3g} on {len(windows)} test windows "
+            f"(tolerance {tolerance:g}); refusing to publish"
+        )
+    return diff
+
+
+def inference_ms(onnx_path: Path, window: FloatArray, batch: int = 1, repeats: int = 300) -> float:
+    """Median milliseconds per window on one onnxruntime thread (the server's session options)."""
+    session = create_session(onnx_path, 1)
+    x = np.ascontiguousarray(np.repeat(window[None], batch, axis=0))
+    for _ in range(20):
+        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    times = []
+    for _ in range(max(1, repeats // batch)):
+        started = time.perf_counter()
+        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        times.append(time.perf_counter() - started)
+    return round(1000.0 * statistics.median(times) / batch, 4)
+
+
+def evaluate_onnx(
+    onnx_path: Path,
+    splits: dict[str, SplitFeatures],
+    labels: Sequence[str],
+    timing_window: FloatArray,
+    report_dir: Path,
+    **context: Any,
+) -> dict[str, Any]:
+    """Every metric the manifest reports, measured with onnxruntime on the exported file.
+
+    The test split's full report (``metrics.json``, ``confusion_matrix.png``, ``roc.png``) is written into
+    ``report_dir`` by the same code as ``hark eval``, with ``context`` (the data manifest) in it.
+    """
+    session = create_session(onnx_path, 2)
+    test = write_report(
+        report_dir,
+        softmax(onnx_logits(session, splits["test"].x)),
+        splits["test"].y,
+        labels,
+        split="test",
+        **context,
+    )
+    val = classification_report(softmax(onnx_logits(session, splits["val"].x)), splits["val"].y, labels)
+    return {
+        "test_accuracy": rounded(test["accuracy"]),
+        "per_class_accuracy": {
+            label: round(c["recall"], DIGITS) for label, c in test["per_class"].items() if c["support"]
+        },
+        "test_confusion": test["confusion"],
+        "val_accuracy": rounded(val["accuracy"]),
+        "evaluation": evaluation_summary(test, split="test", **context),
+        "n_test": len(splits["test"]),
+        "n_val": len(splits["val"]),
+        "size_bytes": onnx_path.stat().st_size,
+        "inference_ms_per_window": inference_ms(onnx_path, timing_window, batch=1),
+        "inference_ms_per_window_batch32": inference_ms(onnx_path, timing_window, batch=32, repeats=3200),
+        "inference_threads": 1,
+    }
+
+
+def class_prior(records: Iterable[ClipRecord], labels: Sequence[str]) -> dict[str, float]:
+    """The training split's share of each label: what prediction drift compares live traffic with."""
+    counts = Counter(r.label for r in records if r.split == "train")
+    total = sum(counts[label] for label in labels)
+    if total == 0:
+        raise ValueError("the data manifest has no training clips of the model's labels")
+    return {label: round(counts[label] / total, DIGITS) for label in labels}
+
+
+def pick_control_clips(
+    records: Iterable[ClipRecord], labels: Sequence[str], per_class: int = CONTROL_PER_CLASS, seed: int = 0
+) -> list[ClipRecord]:
+    """``per_class`` test clips of each label (unheard voices), as many different voices as there are."""
+    rng = np.random.default_rng(seed)
+    picked: list[ClipRecord] = []
+    test = [r for r in records if r.split == "test"]
+    for label in labels:
+        pool = sorted((r for r in test if r.label == label), key=lambda r: str(r.path))
+        by_voice: dict[str, list[ClipRecord]] = {}
+        for r in (pool[i] for i in rng.permutation(len(pool))):
+            by_voice.setdefault(r.voice, []).append(r)
+        rounds = zip(*by_voice.values(), strict=False) if by_voice else iter(())
+        ordered = [r for group in rounds for r in group] + pool  # one per voice first, then anything
+        chosen: list[ClipRecord] = []
+        for r in ordered:
+            if r not in chosen:
+                chosen.append(r)
+            if len(chosen) == per_class:
+                break
+        picked += chosen
+    return picked
+
+
+def write_control_set(clips: Sequence[ClipRecord], out_dir: Path) -> Path:
+    """Copy the clips into ``out_dir`` with the ``control.csv`` the server's control check reads."""
+    out_dir.mkdir(parents=True)
+    with (out_dir / CONTROL_CSV).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for i, clip in enumerate(clips):
+            name = f"{i:03d}-{clip.label}.wav"
+            shutil.copyfile(clip.path, out_dir / name)
+            writer.writerow([name, clip.label])
+    return out_dir
+
+
+def manifest_fields(
+    name: str,
+    labels: Sequence[str],
+    frontend: FrontendConfig,
+    config: TrainConfig,
+    run: dict[str, Any],
+    stats: FeatureStats,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Every manifest field but those :func:`publish_version` fills (version, sha256, size, created_at)."""
+    return {
+        "name": name,
+        "labels": list(labels),
+        "background_labels": [label for label in BACKGROUND_LABELS if label in labels],
+        "frontend": frontend.model_dump(mode="json"),
+        "window_frames": config.window_frames,
+        "hop_frames": config.hop_frames,
+        "input": {"name": INPUT_NAME, "shape": ["batch", config.window_frames, frontend.n_mels]},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(labels)]},
+        "output_kind": "logits",
+        "reference_stats": stats.model_dump(mode="json"),
+        "metrics": metrics,
+        "training": {
+            "config": config.model_dump(mode="json"),
+            "data_manifest_sha256": run["data_manifest_sha256"],
+            "seed": config.seed,
+            "epochs": config.epochs,
+            "best_epoch": run["best_epoch"],
+            "n_train": run["n_train"],
+            "torch_version": run["torch_version"],
+            "exported_with_torch": torch.__version__,
+            "onnx_opset": OPSET,
+        },
+    }
+
+
+def export_run(
+    run_dir: Path,
+    store: Path,
+    name: str = "keywords",
+    *,
+    version: int | None = None,
+    data: Path | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    progress: bool = False,
+) -> Path:
+    """Export, check, measure, verify and publish one run; return the new version folder."""
+    from hark_training.data import read_manifest
+
+    config = load_config(run_dir / CONFIG_FILE)
+    run = json.loads((run_dir / RUN_FILE).read_text())
+    stats = FeatureStats.model_validate_json((run_dir / STATS_FILE).read_text())
+    model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    labels: list[str] = checkpoint["labels"]
+    frontend = FrontendConfig.model_validate(run["frontend"])
+    manifest = data or config.data
+    if sha256_file(manifest) != run["data_manifest_sha256"]:
+        raise ValueError(f"{manifest} changed since {run_dir} was trained; its test split may overlap training")
+    splits = load_splits(
+        manifest, labels, frontend, config.window_frames, read=read_manifest, splits=("val", "test"), progress=progress
+    )
+    if len(splits["test"]) == 0:
+        raise ValueError(f"{manifest} has no test clips to measure the model on")
+    records = read_manifest(manifest)
+
+    with tempfile.TemporaryDirectory(prefix="hark-export-") as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", config.window_frames, frontend.n_mels)
+        diff = check_parity(model, onnx_path, splits["test"].x[:PARITY_WINDOWS], tolerance)
+        report_dir = Path(tmp) / "report"
+        data_context = {"data_manifest": str(manifest), "data_manifest_sha256": run["data_manifest_sha256"]}
+        metrics = {
+            **evaluate_onnx(onnx_path, splits, labels, splits["test"].x[0], report_dir, **data_context),
+            "parameters": count_parameters(model),
+            "parity_max_abs_diff": diff,
+            "class_prior": class_prior(records, labels),
+        }
+        fields = manifest_fields(name, labels, frontend, config, run, stats, metrics)
+        # Where the weights came from: `hark explain` needs the torch checkpoint and checks it is this one.
+        fields["training"] |= {"run_dir": str(run_dir), "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT_FILE)}
+        reports = {file_name: report_dir / file_name for file_name in REPORT_FILES}
+        if config.arch == "oww_transfer":  # the backbone's weights travel with the version, so its terms do too
+            reports["NOTICE.md"] = backbone.NOTICE
+        control = {CONTROL_DIR: write_control_set(pick_control_clips(records, labels), Path(tmp) / CONTROL_DIR)}
+        return publish_verified(store, fields, onnx_path, version, reports, control)
+
+
+def summary(version_dir: Path) -> str:
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    m = manifest["metrics"]
+    per_class = "  ".join(f"{k} {v:.3f}" for k, v in m["per_class_accuracy"].items())
+    return (
+        f"published {version_dir}\n"
+        f"  test accuracy {m['test_accuracy']:.4f} on {m['n_test']} clips of unheard voices "
+        f"(val {m['val_accuracy']:.4f})\n"
+        f"  per class: {per_class}\n"
+        f"  macro F1 {m['evaluation']['macro_f1']}, macro AUROC {m['evaluation']['macro_auroc']}; "
+        f"{', '.join(m['evaluation']['files'])} beside the model\n"
+        f"  {m['parameters']} parameters, {m['size_bytes']} bytes, "
+        f"{m['inference_ms_per_window']:.3f} ms per window on one thread "
+        f"({m['inference_ms_per_window_batch32']:.3f} ms in batches of 32), parity {m['parity_max_abs_diff']:.2g}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        version_dir = export_run(
+            args.run_dir, args.store, args.name, version=args.version, data=args.data, progress=not args.quiet
+        )
+    except (ParityError, VerificationError) as e:  # nothing was published
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # a missing run folder or manifest, a changed data set
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(version_dir))
+    return 0
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``hark export``."""
+    parser = subparsers.add_parser(
+        "export",
+        help="Export a training run to ONNX and publish it as a new model version",
+        description="Export a run to ONNX, check it against torch, measure it on the test split and publish it "
+        "as a new version that the server's verification accepts.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="Run folder written by `hark train`")
+    parser.add_argument(
+        "--store", type=Path, default=Path("model_store"), help="Model store root (default model_store)"
+    )
+    parser.add_argument("--name", default="keywords", help="Model name in the store (default keywords)")
+    parser.add_argument("--version", type=int, help="Version number to publish (default: the next free one)")
+    parser.add_argument("--data", type=Path, help="Data manifest to evaluate on (default: the one the run trained on)")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars")
+    parser.set_defaults(func=run)
