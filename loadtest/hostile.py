@@ -117,15 +117,16 @@ class RawH2:
             self.conn.reset_stream(stream_id)
         self._flush()
 
-    async def fill(self, stream_ids: Sequence[int], seconds: float) -> None:
-        """Keep sending every call's declared bytes for ``seconds``, whenever the server opens a window."""
+    async def fill(self, stream_ids: Sequence[int], seconds: float, unfinished: int = 1024) -> None:
+        """Keep sending every call's declared bytes but the last ``unfinished``, for ``seconds``, whenever
+        the server opens a window: the message never completes."""
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while loop.time() < end and not self.closed:
             sent = 0
             for stream_id in stream_ids:
                 call = self.calls[stream_id]
-                sent += self.send_body(stream_id, call.declared - call.sent)
+                sent += self.send_body(stream_id, call.declared - unfinished - call.sent)
             if sent == 0:
                 self._window.clear()
                 with contextlib.suppress(TimeoutError):

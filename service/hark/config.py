@@ -46,6 +46,44 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A stream silent on the wire, or whose responses go unread, this long is ended."
     )
 
+    # Hostile clients (README "Reliability and security"): what one client, or a flood, can hold
+    max_connections: int = Field(
+        512, ge=1, description="Open client connections before new ones are refused (bounds file descriptors)."
+    )
+    max_streams_per_connection: int = Field(
+        32, ge=1, description="Concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)."
+    )
+    max_streams_per_client: int = Field(
+        64, ge=1, description="Concurrent streams and clips per connection and per bearer token."
+    )
+    stream_window_bytes: int = Field(
+        64 * 1024,
+        ge=16 * 1024,
+        description="HTTP/2 flow-control window of each call: what a client can send that the server has not "
+        "asked for yet. Larger chunks still arrive, in several round trips.",
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Time a Classify request has to arrive whole, once admitted."
+    )
+    max_clip_calls: int = Field(
+        4, ge=1, description="Concurrent Classify calls (their own budget, apart from the live streams)."
+    )
+    audio_budget_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory for audio in flight (chunks and clips being decoded and scored); full = "
+        "RESOURCE_EXHAUSTED.",
+    )
+    max_realtime_factor: float = Field(
+        4.0, ge=0.0, description="How much faster than real time a stream may send, after its burst; 0 = unlimited."
+    )
+    realtime_burst_s: float = Field(
+        30.0, ge=0.0, description="Seconds of audio a stream may send at any speed before max_realtime_factor applies."
+    )
+    max_other_calls: int = Field(
+        256, ge=1, description="Concurrent calls that are not classification (health watches, reflection)."
+    )
+
     # Security (service/security.py): TLS, mutual TLS, bearer tokens; all off by default
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate chain; with tls_key_file the port is TLS only."

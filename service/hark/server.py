@@ -30,9 +30,14 @@ from hark.serving.capture import AudioCapture
 from hark.serving.control import Controller
 from hark.serving.metrics import HarkMetrics, MetricsServer
 from hark.serving.pipeline import DataPlane
-from hark.transports.grpc.security import TokenAuthInterceptor, server_credentials, server_interceptors
-from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService
-from hark.v1 import hark_pb2_grpc
+from hark.transports.grpc.options import server_options
+from hark.transports.grpc.security import (
+    CallLimitInterceptor,
+    TokenAuthInterceptor,
+    server_credentials,
+    server_interceptors,
+)
+from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService, add_to_server
 
 __all__ = ["SERVICE_NAME", "RunningServer", "StartupError", "serve", "start_server"]
 
@@ -165,19 +170,17 @@ async def start_server(settings: Settings) -> RunningServer:
             f"(available: {', '.join(sorted(models))})"
         )
 
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
-    ]
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    interceptors.append(CallLimitInterceptor(settings.max_other_calls, on_refusal=metrics.error))
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     pool = BatcherPool(settings, observers=metrics.batch_observers)
     plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))
-    admission = Admission(settings.max_streams)
+    admission = Admission(
+        settings.max_streams, max_clips=settings.max_clip_calls, max_per_client=settings.max_streams_per_client
+    )
     servicer = ClassifierService(plane, admission)
     metrics.active_streams.set_function(lambda: admission.active_streams)
     controller = Controller(plane)
-    hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):

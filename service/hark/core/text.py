@@ -1,0 +1,28 @@
+"""Client-supplied text as it may appear in a status message or a log line: short and escaped.
+
+A client chooses what it sends (a model name of megabytes, control characters, bytes that are not
+UTF-8); echoing it whole made every refusal a lever on log volume and memory. :func:`quote` keeps the
+first ``limit`` characters, escapes everything that is not printable ASCII, and says how much was cut.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+LIMIT: Final = 64
+
+
+def quote(value: str | bytes, limit: int = LIMIT) -> str:
+    """``value`` as a quoted, escaped string of at most about ``limit`` characters (plus the cut note)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    head = value[:limit]
+    escaped = head.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped).replace("'", "\\'")
+    cut = f"... ({len(value)} characters)" if len(value) > limit else ""
+    return f"'{escaped}'{cut}"
+
+
+def clip(message: str, limit: int = 512) -> str:
+    """A whole message cut to ``limit`` characters: the last guard before a status or a log line."""
+    return message if len(message) <= limit else message[:limit] + "..."
