@@ -50,11 +50,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         512, ge=1, description="Open client connections before new ones are refused (bounds file descriptors)."
     )
+    # Behind Envoy every client shares a few upstream connections, so the per-connection bounds are wide
+    # by default; lower them when clients connect directly.
     max_streams_per_connection: int = Field(
-        32, ge=1, description="Concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)."
+        1024, ge=1, description="Concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)."
     )
     max_streams_per_client: int = Field(
-        64, ge=1, description="Concurrent streams and clips per connection and per bearer token."
+        1000, ge=1, description="Concurrent streams and clips per connection and per bearer token."
     )
     stream_window_bytes: int = Field(
         64 * 1024,

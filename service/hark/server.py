@@ -2,7 +2,7 @@
 
 Every transport is a thin adapter over :class:`~hark.serving.pipeline.DataPlane`; this module only wires
 them together and owns the lifecycle: health, reflection, the model-reload and control-check timers,
-graceful shutdown on SIGTERM/SIGINT.
+graceful shutdown on SIGTERM/SIGINT, a store reload on SIGHUP and a status line on SIGUSR1.
 
 Run it with ``python -m hark.server`` (settings from ``HARK_*``) or through the CLI's ``serve``.
 """
@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from hark.config import Settings
 from hark.core.model_store import ModelStore, RefreshReport
 from hark.logging import configure_logging, get_logger
-from hark.security import SecurityError, tls_mode
+from hark.process import connection_limit, open_fds, raise_fd_limit, rss_bytes
+from hark.security import SecurityError, TokenVerifier, load_tokens, tls_mode
 from hark.serving.admission import Admission
 from hark.serving.batcher import BatcherPool
 from hark.serving.capture import AudioCapture
@@ -126,6 +127,19 @@ class RunningServer:
         log.info("stopped")
         self._stopped.set()
 
+    def status(self) -> dict[str, object]:
+        """What SIGUSR1 logs: the load and the resources the process holds now."""
+        return {
+            "streams": self.admission.active_streams,
+            "clips": self.admission.active_clips,
+            "calls": self.admission.active_calls,
+            "audio_in_flight_bytes": self.plane.budget.used,
+            "rss_bytes": rss_bytes(),
+            "open_fds": open_fds(),
+            "models": {name: sorted(v) for name, v in self.store.models().items()},
+            "draining": self._stopping,
+        }
+
     async def wait_for_termination(self) -> None:
         await self._stopped.wait()
 
@@ -171,7 +185,12 @@ async def start_server(settings: Settings) -> RunningServer:
         )
 
     interceptors.append(CallLimitInterceptor(settings.max_other_calls, on_refusal=metrics.error))
-    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    fd_limit = raise_fd_limit()
+    connections = connection_limit(settings.max_connections, fd_limit)
+    if connections < settings.max_connections:
+        log.warning("fewer connections than max_connections: the descriptor limit is low", fd_limit=fd_limit,
+                    max_connections=connections)
+    server = grpc.aio.server(options=server_options(settings, connections), interceptors=interceptors)
     pool = BatcherPool(settings, observers=metrics.batch_observers)
     plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))
     admission = Admission(
@@ -208,6 +227,7 @@ async def start_server(settings: Settings) -> RunningServer:
                 settings.metrics_host,
                 settings.metrics_port,
                 controller.http_handler(asyncio.get_running_loop()),
+                verify=TokenVerifier(tokens).verify if (tokens := load_tokens(settings)) else None,
             )
         except OSError as e:
             await server.stop(0)
@@ -267,13 +287,33 @@ async def _serve(settings: Settings) -> int:
             log.warning("second signal: cancelling running streams now", signal=sig.name)
             forced.add(loop.create_task(running.server.stop(0)))
 
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        log.info("signal received: reloading the model store", signal="SIGHUP")
+
+        async def reload() -> None:
+            try:
+                await running.reload()
+            except Exception:
+                log.exception("model store refresh failed")
+
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_status() -> None:
+        log.info("status", signal="SIGUSR1", **running.status())
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(signal.SIGUSR1, on_status)
     try:
         await stop_requested.wait()
         await running.stop(settings.shutdown_grace_s)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     return 0
 

@@ -39,19 +39,20 @@ def max_clip_bytes(settings: Settings) -> int:
 
 
 def max_receive_bytes(settings: Settings) -> int:
-    """The largest message any method needs: a stream chunk or a clip."""
-    return max(settings.max_chunk_bytes + _ENVELOPE, max_clip_bytes(settings))
+    """The largest message any method needs, a stream chunk or a clip, within ``max_message_bytes``."""
+    return min(settings.max_message_bytes, max(settings.max_chunk_bytes + _ENVELOPE, max_clip_bytes(settings)))
 
 
-def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """Channel arguments for ``grpc.aio.server``."""
+def server_options(settings: Settings, max_connections: int | None = None) -> list[tuple[str, Any]]:
+    """Channel arguments for ``grpc.aio.server``; ``max_connections`` overrides the setting (the process
+    may have fewer descriptors than it asks for)."""
     return [
         ("grpc.max_receive_message_length", max_receive_bytes(settings)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ("grpc.http2.lookahead_bytes", settings.stream_window_bytes),
         ("grpc.http2.bdp_probe", 0),  # BDP probing would grow each window past lookahead_bytes
-        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_allowed_incoming_connections", max_connections or settings.max_connections),
         ("grpc.server_max_unrequested_time_in_server", max(1, math.ceil(settings.request_timeout_s))),
         ("grpc.max_metadata_size", METADATA_BYTES),
         ("grpc.http2.max_ping_strikes", 2),
