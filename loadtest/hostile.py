@@ -21,11 +21,13 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import numpy as np
 
 CLASSIFY = "/hark.v1.Classifier/Classify"
 STREAM = "/hark.v1.Classifier/StreamClassify"
@@ -213,14 +215,16 @@ async def unfinished_calls(
     address: str,
     *,
     calls: int = 200,
-    declared: int = 4_000_000,
+    declared: int = 4_194_000,
+    unfinished: int = 194_000,
     seconds: float = 2.0,
     path: str = CLASSIFY,
     metadata: Sequence[tuple[str, str]] = (),
     connections: int = 1,
 ) -> AttackReport:
     """``calls`` calls spread over ``connections`` connections, each declaring a ``declared``-byte message
-    and sending all the server will take for ``seconds``, never finishing; then the connections close."""
+    and sending all but its last ``unfinished`` bytes as fast as the server takes them, for ``seconds``;
+    then the connections close."""
     report = AttackReport()
     raws = [await RawH2.open(address) for _ in range(connections)]
     try:
@@ -236,7 +240,7 @@ async def unfinished_calls(
             except h2.exceptions.TooManyStreamsError:
                 continue  # the server's MAX_CONCURRENT_STREAMS: a real client would wait
             ids[k % connections].append(stream_id)
-        await asyncio.gather(*(raw.fill(i, seconds) for raw, i in zip(raws, ids, strict=True)))
+        await asyncio.gather(*(raw.fill(i, seconds, unfinished) for raw, i in zip(raws, ids, strict=True)))
     finally:
         for raw in raws:
             report.absorb(raw)
@@ -285,3 +289,79 @@ async def idle_connections(address: str, count: int) -> list[socket.socket]:
             break
         sockets.append(s)
     return sockets
+
+
+# The normal stream beside an attack -------------------------------------------------------------------------
+
+
+@dataclass
+class NeighbourReport:
+    """A real-time stream's view of the server: its status, windows, events and per-window latency."""
+
+    code: str = ""
+    details: str = ""
+    windows: int = 0
+    events: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def p99_s(self) -> float:
+        if not self.latencies_s:
+            return float("inf")
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+async def neighbour(
+    address: str,
+    samples: np.ndarray,
+    *,
+    rate: int = 16_000,
+    chunk_s: float = 0.1,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> NeighbourReport:
+    """Stream ``samples`` in real time (``chunk_s`` chunks at their own pace), every hop's scores asked for.
+
+    A window's latency is from sending the chunk that completed it to receiving its scores."""
+    import grpc
+
+    from hark.core.audio import encode_pcm
+    from hark.v1 import hark_pb2, hark_pb2_grpc
+
+    step = round(chunk_s * rate)
+    chunks = [encode_pcm(samples[i : i + step]) for i in range(0, samples.size, step)]
+    sent_at: list[float] = []
+    sent_samples: list[int] = []
+    report = NeighbourReport()
+    loop = asyncio.get_running_loop()
+
+    async def requests() -> Any:
+        config = hark_pb2.StreamConfig(sample_rate_hz=rate, encoding=hark_pb2.PCM_S16LE, emit_scores=True)
+        yield hark_pb2.StreamRequest(config=config)
+        start = loop.time()
+        total = 0
+        for k, pcm in enumerate(chunks):
+            await asyncio.sleep(max(0.0, start + k * chunk_s - loop.time()))
+            total += len(pcm) // 2
+            sent_at.append(loop.time())
+            sent_samples.append(total)
+            yield hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=pcm))
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = hark_pb2_grpc.ClassifierStub(channel).StreamClassify(requests(), metadata=tuple(metadata))
+        try:
+            async for response in call:
+                kind = response.WhichOneof("response")
+                if kind == "scores":
+                    report.windows += 1
+                    end = round(response.scores.end_s * rate)
+                    k = next((i for i, n in enumerate(sent_samples) if n >= end), None)
+                    if k is not None:  # the tail's padded window has no chunk of its own
+                        report.latencies_s.append(loop.time() - sent_at[k])
+                elif kind == "event":
+                    report.events.append(response.event.label)
+        except grpc.aio.AioRpcError:
+            pass
+        report.code = (await call.code()).name
+        report.details = await call.details() or ""
+    return report

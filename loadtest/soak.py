@@ -71,6 +71,7 @@ class ServerProcess:
     levels: Counter[str] = field(default_factory=Counter)
     errors: list[dict[str, Any]] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)
+    log_bytes: int = 0  # everything the server wrote to stderr
     _drain: asyncio.Task[None] | None = None
 
     @classmethod
@@ -91,6 +92,7 @@ class ServerProcess:
         return server
 
     def _record(self, line: bytes) -> dict[str, Any]:
+        self.log_bytes += len(line)
         try:
             entry: dict[str, Any] = json.loads(line)
         except ValueError:  # grpc core's own lines are not JSON

@@ -12,6 +12,7 @@ included) ran. Here every such bound follows from :class:`~hark.config.Settings`
   (``max_chunk_bytes``) or a ``Classify`` clip (:func:`max_clip_bytes`).
 * ``grpc.max_allowed_incoming_connections``: connections, so file descriptors stay for the model store.
 * ``grpc.server_max_unrequested_time_in_server``: a call no handler picks up is dropped after this long.
+* ``grpc.server_handshake_timeout_ms``: a connection that never speaks is closed after ``request_timeout_s``.
 * ``grpc.max_metadata_size``: headers, including an over-long model name or token.
 * Keepalive enforcement (``max_ping_strikes``): a client pinging without data gets GOAWAY.
 """
@@ -54,6 +55,9 @@ def server_options(settings: Settings, max_connections: int | None = None) -> li
         ("grpc.http2.bdp_probe", 0),  # BDP probing would grow each window past lookahead_bytes
         ("grpc.max_allowed_incoming_connections", max_connections or settings.max_connections),
         ("grpc.server_max_unrequested_time_in_server", max(1, math.ceil(settings.request_timeout_s))),
+        # A connection that has not finished its HTTP/2 (or TLS) handshake by then is closed: idle sockets
+        # cannot hold the connection slots.
+        ("grpc.server_handshake_timeout_ms", round(settings.request_timeout_s * 1000)),
         ("grpc.max_metadata_size", METADATA_BYTES),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
