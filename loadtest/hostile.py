@@ -73,10 +73,10 @@ class RawH2:
         raw._pump = asyncio.get_running_loop().create_task(raw._read())
         return raw
 
-    def start_call(self, path: str, metadata: Sequence[tuple[str, str]] = ()) -> int:
+    def start_call(self, path: str, metadata: Sequence[tuple[str | bytes, str | bytes]] = ()) -> int:
         """Send a call's headers; returns its stream id."""
         stream_id = self.conn.get_next_available_stream_id()
-        headers = [
+        headers: list[tuple[str | bytes, str | bytes]] = [
             (":method", "POST"),
             (":scheme", "http"),
             (":path", path),

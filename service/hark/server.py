@@ -134,6 +134,7 @@ class RunningServer:
             "clips": self.admission.active_clips,
             "calls": self.admission.active_calls,
             "audio_in_flight_bytes": self.plane.budget.used,
+            "clips_in_flight_bytes": self.plane.clip_budget.used,
             "rss_bytes": rss_bytes(),
             "open_fds": open_fds(),
             "models": {name: sorted(v) for name, v in self.store.models().items()},

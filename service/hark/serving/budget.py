@@ -12,17 +12,19 @@ from collections.abc import Iterator
 
 from hark.serving.errors import RETRY_PUSHBACK_MS, Refusal
 
-# What one byte of PCM on the wire costs while it is processed: the bytes themselves, float32 samples (up
-# to twice the int16 bytes), the resampled copy, log-Mel frames and the windows cut from them. Measured on
-# a 4 MB int16 clip at 16 kHz (``clip_windows``): about 8 bytes per byte; rounded up.
-COST_PER_PCM_BYTE = 10
+# What one byte of PCM on the wire costs while it is processed: the bytes themselves (twice: gRPC's buffer
+# and the message), float32 samples (twice the int16 bytes), the resampled copy, log-Mel frames and the
+# windows cut from them (5 bytes per byte for the tiny and bundled models' 98-frame windows at a 10-frame
+# hop). Measured on a 4 MB int16 clip at 16 kHz: about 10 bytes per byte; rounded up.
+COST_PER_PCM_BYTE = 12
 
 
 class AudioBudget:
     """Bytes of audio in flight, at most ``limit``. Single-threaded: used from the event loop only."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, what: str = "audio in flight") -> None:
         self.limit = limit
+        self.what = what
         self.used = 0
         self.refused = 0
 
@@ -38,7 +40,7 @@ class AudioBudget:
             self.refused += 1
             raise Refusal(
                 "RESOURCE_EXHAUSTED",
-                f"the server's memory for audio in flight ({self.limit // 2**20} MiB) is full; "
+                f"the server's memory for {self.what} ({self.limit // 2**20} MiB) is full; "
                 f"send smaller chunks or retry in {RETRY_PUSHBACK_MS / 1000:g} s",
                 retry_after_ms=RETRY_PUSHBACK_MS,
             )

@@ -171,7 +171,8 @@ class DataPlane:
         self.pool = pool
         self.metrics = metrics
         self.capture = capture
-        self.budget = AudioBudget(settings.audio_budget_bytes)
+        self.budget = AudioBudget(settings.audio_budget_bytes)  # live streams
+        self.clip_budget = AudioBudget(settings.clip_budget_bytes, "Classify clips in flight")  # Classify, apart (hostile clients)
 
     def resolve(self, name: str, version: int) -> LoadedModel:
         return self.store.resolve(name, version)
@@ -230,7 +231,7 @@ class DataPlane:
         nbytes = pcm.nbytes if isinstance(pcm, np.ndarray) else len(pcm)
         if nbytes == 0:
             raise AudioError("pcm is empty: send the clip's samples")
-        with self.budget.reserve(nbytes):
+        with self.clip_budget.reserve(nbytes):
             return await self._classify(pcm, nbytes, rate, encoding, loaded)
 
     async def _classify(
