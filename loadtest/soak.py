@@ -72,6 +72,7 @@ class ServerProcess:
     errors: list[dict[str, Any]] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)
     log_bytes: int = 0  # everything the server wrote to stderr
+    metrics_url: str = ""  # the /metrics address, when the server serves one
     _drain: asyncio.Task[None] | None = None
 
     @classmethod
@@ -88,6 +89,7 @@ class ServerProcess:
             entry = server._record(line)
             if str(entry.get("event", "")).startswith("listening on "):
                 server.address = str(entry["address"])
+                server.metrics_url = str(entry.get("metrics") or "")
         server._drain = asyncio.get_running_loop().create_task(server._read_logs())
         return server
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -41,6 +43,8 @@ from loadtest.hostile import (
 )
 from loadtest.soak import ServerProcess, expected_windows, refusal_status
 from tests.fixtures_models import noise, publish_tiny, utterance
+from tests.integration.conftest import Hark, StartHark
+from tests.integration.test_server import audio, audio_requests, config, run_stream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -386,3 +390,104 @@ async def test_sighup_reloads_and_sigusr1_reports_without_stopping(store: Path) 
         assert server.events["status"] == 1
         assert server.events["model version loaded"] == 2
         assert server.proc.returncode is None
+
+
+# Channels ---------------------------------------------------------------------------------------------------
+
+
+def _interleave(samples: Any, channels: int) -> Any:
+    return np.repeat(samples[:, None], channels, axis=1).reshape(-1)
+
+
+async def test_stereo_is_mixed_down_or_refused_never_misheard(hark: Hark) -> None:
+    """Stereo sent as mono read as mono at twice the rate: wrong answers, no error. With ``channels`` set
+    it is mixed down, and the stream and the clip give the mono answer; frames cut mid-way and unsupported
+    counts are refused by name."""
+    samples = speech()
+    mono = await run_stream(hark.stub, [config(emit_scores=True), *audio_requests(samples)])
+    stereo_pcm = encode_pcm(_interleave(samples, 2))
+    step = 3200 * 2  # 100 ms of 16 kHz int16 stereo
+    stereo = await run_stream(
+        hark.stub,
+        [config(emit_scores=True, channels=2), *(audio(stereo_pcm[i : i + step]) for i in range(0, len(stereo_pcm), step))],
+    )
+    assert stereo.code == grpc.StatusCode.OK, stereo.details
+    assert [e.label for e in stereo.events] == [e.label for e in mono.events] == ["yes"]
+    assert len(stereo.scores) == len(mono.scores)
+
+    clip = await hark.stub.Classify(
+        hark_pb2.ClassifyRequest(sample_rate_hz=16_000, encoding=1, pcm=encode_pcm(_interleave(noise(1.0), 2)), channels=2)
+    )
+    assert clip.label == "yes"
+
+    half_frame = await run_stream(hark.stub, [config(channels=2), audio(b"\0\0" * 3)])
+    assert half_frame.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "whole number of frames of 2 interleaved channels" in half_frame.details
+    too_many = await run_stream(hark.stub, [config(channels=9)])
+    assert too_many.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "9 channels are not supported" in too_many.details
+
+
+# The metrics port -------------------------------------------------------------------------------------------
+
+
+def _post(url: str, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+async def test_control_check_needs_the_same_origin_or_a_token(start_hark: StartHark, tiny_model_store: Path) -> None:
+    """A page in a browser on the host could POST /control-check (loopback is the browser's own host)."""
+    h = await start_hark(tiny_model_store, auth_tokens=TOKEN)
+    assert h.running.metrics_server is not None
+    url = h.running.metrics_server.url + "/control-check"
+    host = url.split("/")[2]
+    assert await asyncio.to_thread(_post, url, {"Origin": "http://evil.example"}) == 403
+    assert await asyncio.to_thread(_post, url, {"Sec-Fetch-Site": "cross-site"}) == 403
+    assert await asyncio.to_thread(_post, url, {"Origin": f"http://{host}", "Host": "evil.example"}) == 403
+    assert await asyncio.to_thread(_post, url, {"Origin": "http://evil.example", "Authorization": "Bearer wrong"}) == 403
+    # curl, the CLI, the same origin, or another origin with a valid token: the check runs
+    assert await asyncio.to_thread(_post, url, {}) != 403
+    assert await asyncio.to_thread(_post, url, {"Origin": f"http://{host}"}) != 403
+    assert await asyncio.to_thread(_post, url, {"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"}) != 403
+
+
+async def test_half_open_metrics_requests_are_bounded_and_time_out(store: Path) -> None:
+    """1,050 half-open HTTP requests to the metrics port held a thread and a descriptor each, for ever. Now at
+    most 32 are served at once (more are closed on accept) and each times out after 5 s."""
+    async with hostile_server(store, metrics_port=0) as server:
+        alone = await baseline(server)
+        port = await _metrics_port(server)
+        fds_before = server.open_fds()
+        sockets = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never the blank line that ends the headers
+            sockets.append(s)
+        try:
+            beside = await neighbour(server.address, speech())
+            assert server.open_fds() - fds_before <= 32 + 8
+            await asyncio.sleep(5.5)  # the half-open requests time out
+            body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            assert b"hark_" in body
+        finally:
+            for s in sockets:
+                s.close()
+        assert_served(beside, alone)
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
+
+
+async def _metrics_port(server: ServerProcess) -> int:
+    for _ in range(50):
+        if server.metrics_url:
+            return int(server.metrics_url.rsplit(":", 1)[1].split("/")[0])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server logged no metrics address")

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hark.config import Settings
-from hark.core.audio import PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
+from hark.core.audio import PCM_S16LE, AudioError, check_channels, check_sample_rate, decode_pcm, mix_down, resample
 from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
 from hark.core.postprocess import aggregate_clip
 from hark.core.text import quote
@@ -57,6 +57,7 @@ class StreamOptions:
     sample_rate_hz: int = 16000
     encoding: str = PCM_S16LE
     emit_scores: bool = False
+    channels: int = 1  # interleaved channels, mixed down to mono
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class DataPlane:
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=options.emit_scores,
+            channels=options.channels,
             **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
         )
         capture = None
@@ -224,20 +226,24 @@ class DataPlane:
         encoding: str = PCM_S16LE,
         model: str = "",
         version: int = 0,
+        channels: int = 1,
     ) -> ClipResult:
-        """A whole clip's scores: PCM bytes in ``encoding`` (or float samples) at ``sample_rate_hz``."""
+        """A whole clip's scores: PCM bytes in ``encoding`` (or float samples) at ``sample_rate_hz``,
+        ``channels`` interleaved channels mixed down to mono."""
         rate = check_sample_rate(sample_rate_hz)
+        channels = check_channels(channels)
         loaded = self.store.resolve(model, version)
         nbytes = pcm.nbytes if isinstance(pcm, np.ndarray) else len(pcm)
         if nbytes == 0:
             raise AudioError("pcm is empty: send the clip's samples")
         with self.clip_budget.reserve(nbytes):
-            return await self._classify(pcm, nbytes, rate, encoding, loaded)
+            return await self._classify(pcm, nbytes, rate, encoding, loaded, channels)
 
     async def _classify(
-        self, pcm: bytes | FloatArray, nbytes: int, rate: int, encoding: str, loaded: LoadedModel
+        self, pcm: bytes | FloatArray, nbytes: int, rate: int, encoding: str, loaded: LoadedModel, channels: int
     ) -> ClipResult:
         samples = pcm.astype(np.float32, copy=False) if isinstance(pcm, np.ndarray) else decode_pcm(pcm, encoding)
+        samples = mix_down(samples, channels)
         if samples.size / rate > self.settings.max_stream_s:
             raise Refusal(
                 "INVALID_ARGUMENT",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hark.core.audio import PCM_F32LE, PCM_S16LE, AudioError, check_sample_rate
+from hark.core.audio import PCM_F32LE, PCM_S16LE, AudioError, check_channels, check_sample_rate
 from hark.core.model_store import LoadedModel
 from hark.serving.pipeline import ClipResult, StreamOptions
 from hark.serving.session import Scored
@@ -28,6 +28,7 @@ def stream_options(config: hark_pb2.StreamConfig) -> StreamOptions:
         sample_rate_hz=config.sample_rate_hz,
         encoding=encoding_of(config.encoding),
         emit_scores=config.emit_scores,
+        channels=check_channels(config.channels),
     )
 
 

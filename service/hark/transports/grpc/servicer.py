@@ -299,6 +299,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                         encoding=encoding,
                         model=request.model,
                         version=request.version,
+                        channels=request.channels,
                     )
             except REFUSALS as e:
                 await self._abort(context, slog, e)
