@@ -189,8 +189,11 @@ async def start_server(settings: Settings) -> RunningServer:
     fd_limit = raise_fd_limit()
     connections = connection_limit(settings.max_connections, fd_limit)
     if connections < settings.max_connections:
-        log.warning("fewer connections than max_connections: the descriptor limit is low", fd_limit=fd_limit,
-                    max_connections=connections)
+        log.warning(
+            "fewer connections than max_connections: the descriptor limit is low",
+            fd_limit=fd_limit,
+            max_connections=connections,
+        )
     server = grpc.aio.server(options=server_options(settings, connections), interceptors=interceptors)
     pool = BatcherPool(settings, observers=metrics.batch_observers)
     plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))

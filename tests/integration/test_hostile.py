@@ -33,7 +33,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hark.core.audio import encode_pcm
 from hark.v1 import hark_pb2, hark_pb2_grpc
 from loadtest.hostile import (
-    HEALTH_WATCH,
     NeighbourReport,
     RawH2,
     idle_connections,
@@ -409,14 +408,19 @@ async def test_stereo_is_mixed_down_or_refused_never_misheard(hark: Hark) -> Non
     step = 3200 * 2  # 100 ms of 16 kHz int16 stereo
     stereo = await run_stream(
         hark.stub,
-        [config(emit_scores=True, channels=2), *(audio(stereo_pcm[i : i + step]) for i in range(0, len(stereo_pcm), step))],
+        [
+            config(emit_scores=True, channels=2),
+            *(audio(stereo_pcm[i : i + step]) for i in range(0, len(stereo_pcm), step)),
+        ],
     )
     assert stereo.code == grpc.StatusCode.OK, stereo.details
     assert [e.label for e in stereo.events] == [e.label for e in mono.events] == ["yes"]
     assert len(stereo.scores) == len(mono.scores)
 
     clip = await hark.stub.Classify(
-        hark_pb2.ClassifyRequest(sample_rate_hz=16_000, encoding=1, pcm=encode_pcm(_interleave(noise(1.0), 2)), channels=2)
+        hark_pb2.ClassifyRequest(
+            sample_rate_hz=16_000, encoding=1, pcm=encode_pcm(_interleave(noise(1.0), 2)), channels=2
+        )
     )
     assert clip.label == "yes"
 
@@ -449,11 +453,16 @@ async def test_control_check_needs_the_same_origin_or_a_token(start_hark: StartH
     assert await asyncio.to_thread(_post, url, {"Origin": "http://evil.example"}) == 403
     assert await asyncio.to_thread(_post, url, {"Sec-Fetch-Site": "cross-site"}) == 403
     assert await asyncio.to_thread(_post, url, {"Origin": f"http://{host}", "Host": "evil.example"}) == 403
-    assert await asyncio.to_thread(_post, url, {"Origin": "http://evil.example", "Authorization": "Bearer wrong"}) == 403
+    assert (
+        await asyncio.to_thread(_post, url, {"Origin": "http://evil.example", "Authorization": "Bearer wrong"}) == 403
+    )
     # curl, the CLI, the same origin, or another origin with a valid token: the check runs
     assert await asyncio.to_thread(_post, url, {}) != 403
     assert await asyncio.to_thread(_post, url, {"Origin": f"http://{host}"}) != 403
-    assert await asyncio.to_thread(_post, url, {"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"}) != 403
+    assert (
+        await asyncio.to_thread(_post, url, {"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"})
+        != 403
+    )
 
 
 async def test_half_open_metrics_requests_are_bounded_and_time_out(store: Path) -> None:

@@ -58,9 +58,7 @@ def mix_down(samples: FloatArray, channels: int) -> FloatArray:
     if channels == 1:
         return samples
     if samples.size % channels:
-        raise AudioError(
-            f"{samples.size} samples is not a whole number of frames of {channels} interleaved channels"
-        )
+        raise AudioError(f"{samples.size} samples is not a whole number of frames of {channels} interleaved channels")
     mono: FloatArray = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
     return mono
 

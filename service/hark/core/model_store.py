@@ -362,7 +362,8 @@ class ModelStore:
             return versions[max(versions)]
         if version not in versions:
             raise ModelNotFound(
-                f"model {quote(name)} has no valid version {version} (available: {', '.join(map(str, sorted(versions)))})"
+                f"model {quote(name)} has no valid version {version} "
+                f"(available: {', '.join(map(str, sorted(versions)))})"
             )
         return versions[version]
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -173,7 +174,9 @@ class DataPlane:
         self.metrics = metrics
         self.capture = capture
         self.budget = AudioBudget(settings.audio_budget_bytes)  # live streams
-        self.clip_budget = AudioBudget(settings.clip_budget_bytes, "Classify clips in flight")  # Classify, apart (hostile clients)
+        self.clip_budget = AudioBudget(
+            settings.clip_budget_bytes, "Classify clips in flight"
+        )  # Classify, apart (hostile clients)
 
     def resolve(self, name: str, version: int) -> LoadedModel:
         return self.store.resolve(name, version)
@@ -189,6 +192,7 @@ class DataPlane:
         check_sample_rate(options.sample_rate_hz)
         model = self.store.resolve(options.model, options.version)
         instruments = self.metrics.instruments(model) if observed else None
+        hooks: dict[str, Any] = {"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}
         session = StreamSession(
             model,
             sample_rate=options.sample_rate_hz,
@@ -197,7 +201,7 @@ class DataPlane:
             stream_id=stream_id,
             emit_scores=options.emit_scores,
             channels=options.channels,
-            **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
+            **hooks,
         )
         capture = None
         if observed and self.capture is not None:

@@ -179,12 +179,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(CLASSIFIER_PREFIX):
             return handler
-        behaviour = (
-            handler.stream_stream
-            or handler.stream_unary
-            or handler.unary_stream
-            or handler.unary_unary
-        )
+        behaviour = handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
         limiter = self
 
         async def refuse_if_full(context: grpc.aio.ServicerContext) -> None:
