@@ -648,19 +648,22 @@ def test_k8s_envoy_sidecar_runs_the_envoy_config_from_a_configmap() -> None:
 def test_k8s_hark_config_names_real_settings() -> None:
     values = {setting_name(k): v for k, v in hark_config().items()}
     settings = Settings(**values)  # extra="forbid": a misspelt setting fails here
-    assert settings.host == "0.0.0.0", "the kubelet's gRPC probes reach the pod IP"
+    assert settings.host == "127.0.0.1", "Envoy is the only way in: the pod IP must not bypass its limits"
     assert settings.metrics_host == "0.0.0.0", "Prometheus scrapes the pod IP"
     metrics_port = next(p for p in container("hark")["ports"] if p["name"] == "metrics")["containerPort"]
     assert settings.metrics_port == metrics_port
 
 
-def test_k8s_hark_has_grpc_probes_on_its_port() -> None:
+def test_k8s_hark_is_probed_from_inside_on_loopback() -> None:
+    """Hark binds loopback (Envoy is the only way in), so its probes run ``hark health`` in the container."""
     hark = container("hark")
     port = int(hark_config()["HARK_PORT"])
-    assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in hark["ports"]
+    assert all(p["containerPort"] != port for p in hark["ports"]), "the gRPC port is loopback only"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert hark[probe]["grpc"]["port"] == port, f"{probe} is not a gRPC probe on {port}"
-    assert hark["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+        command = hark[probe]["exec"]["command"]
+        assert command[:4] == ["hark", "health", "--server", f"127.0.0.1:{port}"], f"{probe}: {command}"
+    for probe in ("readinessProbe", "startupProbe"):
+        assert hark[probe]["exec"]["command"][-2:] == ["--service", SERVICE_NAME]
     # Liveness must not kill a pod that is draining (NOT_SERVING) before the drain can end.
     liveness = hark["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > float(hark_config()["HARK_SHUTDOWN_GRACE_S"])
