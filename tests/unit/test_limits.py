@@ -20,15 +20,15 @@ from hark.transports.grpc.options import max_clip_bytes, max_receive_bytes, serv
 async def test_one_client_cannot_take_every_slot() -> None:
     admission = Admission(10, max_clips=2, max_per_client=2)
     with admission.stream(["conn:a", "token:t"]), admission.stream(["conn:b", "token:t"]):
-        with pytest.raises(Refusal) as refused:
-            with admission.stream(["conn:c", "token:t"]):  # the token is at its limit, whatever the connection
-                pass
+        # the token is at its limit, whatever the connection
+        with pytest.raises(Refusal) as refused, admission.stream(["conn:c", "token:t"]):
+            pass
         assert refused.value.code == "RESOURCE_EXHAUSTED" and refused.value.retry_after_ms
         with admission.stream(["conn:a", "token:u"]):  # another token on a connection with room is served
             assert admission.active_streams == 3
-            with pytest.raises(Refusal, match="this client is at its limit of 2"):
-                with admission.stream(["conn:a"]):  # the connection is now at its limit
-                    pass
+            # the connection is now at its limit
+            with pytest.raises(Refusal, match="this client is at its limit of 2"), admission.stream(["conn:a"]):
+                pass
     assert admission.active_streams == 0 and not admission.per_client
 
 
