@@ -500,3 +500,24 @@ async def _metrics_port(server: ServerProcess) -> int:
             return int(server.metrics_url.rsplit(":", 1)[1].split("/")[0])
         await asyncio.sleep(0.05)
     raise AssertionError("the server logged no metrics address")
+
+
+# SIGTERM under a flood ----------------------------------------------------------------------------------------
+
+
+async def test_sigterm_during_a_flood_gives_the_normal_stream_its_grace(store: Path) -> None:
+    """SIGTERM during a flood cut the normal stream before its grace ended (its windows queued behind the
+    flood's). Now it finishes with every window and its event; the flood is cut when the grace ends."""
+    pcm = encode_pcm(noise(32.0))[: 1024 * 1024]
+    async with hostile_server(store, shutdown_grace_s=4) as server:
+        alone = await baseline(server)
+        stop = asyncio.Event()
+        blasts = [asyncio.create_task(_blast(server.address, pcm, stop)) for _ in range(4)]
+        task = asyncio.create_task(neighbour(server.address, speech()))
+        await asyncio.sleep(1.0)
+        server.proc.send_signal(signal.SIGTERM)
+        beside = await task
+        assert await asyncio.wait_for(server.proc.wait(), 15) == 0
+        stop.set()
+        await asyncio.gather(*blasts, return_exceptions=True)
+        assert_served(beside, alone)
