@@ -365,3 +365,22 @@ async def neighbour(
         report.code = (await call.code()).name
         report.details = await call.details() or ""
     return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m loadtest.hostile rapid-reset HOST:PORT SECONDS``: one attack in a process of its own
+    (the soak runs floods this way, so they cannot starve its other clients' event loop)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m loadtest.hostile", description=main.__doc__)
+    parser.add_argument("attack", choices=["rapid-reset"])
+    parser.add_argument("address", help="HOST:PORT of the server")
+    parser.add_argument("seconds", type=float, help="how long the attack runs")
+    args = parser.parse_args(argv)
+    report = asyncio.run(rapid_resets(args.address, seconds=args.seconds))
+    print(report.calls)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,6 +15,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hark.config import Settings
+from hark.core.text import quote
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
 from hark.security import (
     HEALTH_PREFIX,
@@ -89,6 +91,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._exempt = tuple(exempt_prefixes)
         self._on_refusal = on_refusal
         self.refused = 0
+        self._log = LogSampler(20)
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -106,7 +109,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         self.refused += 1
         self._on_refusal(grpc.StatusCode.UNAUTHENTICATED.name)
-        log.info("request refused", code="UNAUTHENTICATED", method=method, error=reason)  # never the token
+        if (skipped := self._log.allow()) is not None:  # a flood of unauthenticated calls: 20 lines a second
+            # never the token; the method is the client's string, so quoted short
+            log.info("request refused", code="UNAUTHENTICATED", method=quote(method), error=reason, skipped=skipped)
         return _refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, reason)
 
 

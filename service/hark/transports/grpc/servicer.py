@@ -32,6 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hark.core.audio import check_sample_rate
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
 from hark.security import bearer_token
 from hark.serving.admission import Admission
@@ -44,30 +45,6 @@ from hark.v1 import hark_pb2, hark_pb2_grpc
 SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 
 log = get_logger("hark.server")
-
-
-class _Sampled:
-    """A log line per event, at most ``per_second`` of them; the rest are counted into the next one.
-
-    Hostile clients: a flood of cancelled calls (or rapid resets) would otherwise write a line each."""
-
-    def __init__(self, per_second: float = 10.0) -> None:
-        self.per_second = per_second
-        self._window = 0.0
-        self._count = 0
-        self.suppressed = 0
-
-    def allow(self) -> int | None:
-        """None to skip this line; otherwise how many lines were skipped before it."""
-        now = time.monotonic()
-        if now - self._window >= 1.0:
-            self._window, self._count = now, 0
-        if self._count >= self.per_second:
-            self.suppressed += 1
-            return None
-        self._count += 1
-        skipped, self.suppressed = self.suppressed, 0
-        return skipped
 
 
 def client_keys(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
@@ -103,7 +80,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.metrics = plane.metrics
         self.request_timeout_s = plane.settings.request_timeout_s
         self._detached: set[asyncio.Task[None]] = set()  # statuses still being delivered (_abort_detached)
-        self._ended_log = _Sampled()  # cancellations and vanished clients: at most 10 lines a second
+        self._ended_log = LogSampler()  # cancellations and vanished clients: at most 10 lines a second
+        self._refused_log = LogSampler(20)  # refusals (every one is still counted in hark_errors_total)
 
     @property
     def active_streams(self) -> int:
@@ -158,9 +136,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                             )
                         if kind != "audio":
                             raise Refusal("INVALID_ARGUMENT", "empty StreamRequest: set config or audio")
-                        if request.audio.pcm:
-                            last_audio = time.monotonic()
                         await self._send(context, pipeline, await pipeline.feed(request.audio.pcm))
+                        if request.audio.pcm:  # from here: time spent pacing or writing is not idle
+                            last_audio = time.monotonic()
                     await self._send(context, pipeline, await pipeline.finish())
                 finally:
                     if pipeline.capture is not None:
@@ -350,8 +328,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.metrics.error(refusal.code)
         if refusal.code == "INTERNAL":
             slog.error("request failed", code=refusal.code, error=refusal.message)
-        else:
-            slog.info("request refused", code=refusal.code, error=refusal.message)
+        elif (skipped := self._refused_log.allow()) is not None:  # a flood of refusals: 10 lines a second
+            slog.info("request refused", code=refusal.code, error=refusal.message, skipped=skipped)
         trailers = (
             (("grpc-retry-pushback-ms", str(refusal.retry_after_ms)),) if refusal.retry_after_ms is not None else ()
         )
