@@ -31,6 +31,7 @@ from hark.serving.capture import AudioCapture
 from hark.serving.control import Controller
 from hark.serving.metrics import HarkMetrics, MetricsServer
 from hark.serving.pipeline import DataPlane
+from hark.transports.grpc.logs import quiet_metadata_errors
 from hark.transports.grpc.options import server_options
 from hark.transports.grpc.security import (
     CallLimitInterceptor,
@@ -157,6 +158,7 @@ def _log_report(report: RefreshReport) -> None:
 async def start_server(settings: Settings) -> RunningServer:
     """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
     configure_logging(settings.log_format, settings.log_level)
+    quiet_metadata_errors()
     store = ModelStore(
         settings.model_store,
         default_model=settings.default_model,
