@@ -206,11 +206,16 @@ async def _blast(address: str, pcm: bytes, stop: asyncio.Event) -> int:
 
     async with grpc.aio.insecure_channel(address) as channel:
         call = hark_pb2_grpc.ClassifierStub(channel).StreamClassify(requests())
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            async for _ in call:
-                if stop.is_set():
-                    break
+
+        async def read() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                async for _ in call:
+                    pass
+
+        reader = asyncio.create_task(read())
+        await stop.wait()
         call.cancel()
+        await reader
     return sent
 
 
