@@ -3,6 +3,8 @@ pacing, client strings in messages, and the gRPC options derived from the settin
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -10,10 +12,12 @@ from hark.config import Settings
 from hark.core.audio import AudioError, check_channels, mix_down
 from hark.core.model_store import InvalidModelName, validate_model_name
 from hark.core.text import clip, quote
+from hark.log_sampling import LogSampler
 from hark.serving.admission import Admission
 from hark.serving.budget import COST_PER_PCM_BYTE, AudioBudget
 from hark.serving.errors import Refusal
 from hark.serving.limits import RealTimePacer
+from hark.transports.grpc.logs import MetadataDecodeFilter
 from hark.transports.grpc.options import max_clip_bytes, max_receive_bytes, server_options
 
 
@@ -99,3 +103,25 @@ def test_grpc_limits_follow_the_settings() -> None:
     assert options["grpc.max_concurrent_streams"] == settings.max_streams_per_connection
     # never above max_message_bytes, however long a stream may be
     assert max_receive_bytes(Settings()) == Settings().max_message_bytes
+
+
+def test_a_flood_of_log_lines_is_sampled_and_the_skipped_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("hark.log_sampling.time.monotonic", lambda: now[0])
+    sampler = LogSampler(per_second=3)
+    assert [sampler.allow() for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] += 1.0
+    assert sampler.allow() == 2  # the next line says how many were skipped
+
+
+def test_grpcio_metadata_decode_failures_become_one_short_line() -> None:
+    record = logging.LogRecord(
+        "grpc._cython.cygrpc", logging.ERROR, "x.pyx", 1, "Invalid encoding on %s", (b"\xff" * 30_000,), None
+    )
+    record.exc_info = (UnicodeDecodeError, UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"), None)
+    assert MetadataDecodeFilter().filter(record)
+    line = record.getMessage()
+    assert len(line) < 400 and "(30000 bytes)" in line
+    assert record.exc_info is None and record.levelno == logging.INFO
+    other = logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "x.pyx", 1, "something else", (), None)
+    assert MetadataDecodeFilter().filter(other) and other.msg == "something else"

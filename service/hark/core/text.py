@@ -13,13 +13,16 @@ LIMIT: Final = 64
 
 
 def quote(value: str | bytes, limit: int = LIMIT) -> str:
-    """``value`` as a quoted, escaped string of at most about ``limit`` characters (plus the cut note)."""
+    """The first ``limit`` characters (or bytes) of ``value``, escaped (4 characters at most each) and
+    quoted, then how long the whole was when it was cut."""
     if isinstance(value, bytes):
-        value = value.decode("utf-8", "backslashreplace")
-    head = value[:limit]
+        head = value[:limit].decode("utf-8", "backslashreplace")
+        cut = f"... ({len(value)} bytes)" if len(value) > limit else ""
+    else:
+        head = value[:limit]
+        cut = f"... ({len(value)} characters)" if len(value) > limit else ""
     escaped = head.encode("ascii", "backslashreplace").decode("ascii")
     escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped).replace("'", "\\'")
-    cut = f"... ({len(value)} characters)" if len(value) > limit else ""
     return f"'{escaped}'{cut}"
 
 
