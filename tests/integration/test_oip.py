@@ -13,17 +13,23 @@ import base64
 import json
 import os
 import shutil
+import ssl
 import struct
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
+from hark.oip import inference_pb2 as pb
+from hark.oip import inference_pb2_grpc
 from hark.v1 import hark_pb2
-from tests.fixtures_models import pcm_chunks, quiet, utterance
+from tests.fixtures_models import noise, pcm_chunks, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
 from tests.integration.test_security import TOKEN, Pki, pki  # noqa: F401
 
@@ -211,3 +217,177 @@ async def _run(*args: str, stdin: bytes | None = None) -> str:
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     assert proc.returncode == 0, err.decode()
     return out.decode()
+
+
+# The README's rows on this protocol: malformed messages, limits, auth, TLS, idle, drain -----------------
+
+
+def infer_request(clip: np.ndarray, model: str = "tiny") -> pb.ModelInferRequest:
+    data = (clip * 32767).astype("<i2")
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="audio", datatype="INT16", shape=[1, data.size])
+    request.raw_input_contents.append(data.tobytes())
+    return request
+
+
+def sequence_request(
+    sequence_id: int, chunk: np.ndarray, start: bool = False, end: bool = False
+) -> pb.ModelInferRequest:
+    request = infer_request(chunk)
+    request.parameters["sequence_id"].int64_param = sequence_id
+    request.parameters["sequence_start"].bool_param = start
+    request.parameters["sequence_end"].bool_param = end
+    return request
+
+
+def stub(hark: Hark) -> inference_pb2_grpc.GRPCInferenceServiceStub:
+    return inference_pb2_grpc.GRPCInferenceServiceStub(hark.channel)
+
+
+def rest(hark: Hark, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://{http_url(hark)}{path}", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+async def test_malformed_messages_are_invalid_argument(hark: Hark) -> None:
+    raw = hark.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await raw(b"\xff\xff\xff")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    call = hark.channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(iter([b"\xff\xff\xff"]))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in call:
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest" in (refused.value.details() or "")
+    for body, words in [
+        (b"{not json", "not a JSON inference request"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"inputs": 3}', "needs an 'inputs' list"),
+        (b'{"inputs": [{"name": "audio", "shape": [1, 4], "datatype": "INT16", "data": [1, 2]}]}', "do not fill"),
+        (
+            b'{"inputs": [{"name": "audio", "shape": [1, 4], "datatype": "INT16", "data": ["a", "b", "c", "d"]}]}',
+            "not INT16",
+        ),
+        (b'{"inputs": [{"name": "audio", "shape": "x", "datatype": "INT16", "data": []}]}', "list of whole numbers"),
+    ]:
+        status, reply = await asyncio.to_thread(rest, hark, "/v2/models/tiny/infer", body)
+        assert status == 400 and words in reply["error"], (body, reply)
+    status, reply = await asyncio.to_thread(
+        rest, hark, "/v2/models/tiny/infer", b'{"inputs": []}xx', {"Inference-Header-Content-Length": "99"}
+    )
+    assert status == 400
+    assert (await hark_classify(hark, utterance())).label == "yes"
+
+
+async def test_limits_hold_for_clips_and_sequences(start_hark: StartHark, tiny_model_store: Path) -> None:
+    hark = await start_hark(tiny_model_store, oip_http_port=0, max_streams=1, max_message_bytes=256 * 1024)
+    # a message over the limit: refused by gRPC itself, and by the REST port with 413
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub(hark).ModelInfer(infer_request(noise(10.0)))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status, reply = await asyncio.to_thread(rest, hark, "/v2/models/tiny/infer", b"{" + b" " * 300_000 + b"}")
+    assert status == 413 and "262144" in reply["error"]
+    # a second sequence past max_streams is refused with RESOURCE_EXHAUSTED; the first goes on
+    call = stub(hark).ModelStreamInfer()
+    await call.write(sequence_request(1, quiet(0.1), start=True))
+    assert (await call.read()).error_message == ""
+    await call.write(sequence_request(2, quiet(0.1), start=True))
+    assert (await call.read()).error_message.startswith("RESOURCE_EXHAUSTED: server is at its limit of 1")
+    await call.write(sequence_request(1, utterance(), end=True))
+    reply = await call.read()
+    assert reply.error_message == "" and reply.infer_response.parameters["sequence_id"].int64_param == 1
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+    assert hark.running.admission.active_streams == 0
+
+
+async def test_a_silent_stream_is_ended_and_frees_its_sequences(start_hark: StartHark, tiny_model_store: Path) -> None:
+    hark = await start_hark(tiny_model_store, idle_timeout_s=0.5)
+    call = stub(hark).ModelStreamInfer()
+    await call.write(sequence_request(5, quiet(0.1), start=True))
+    assert (await call.read()).error_message == ""
+    assert hark.running.admission.active_streams == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert hark.running.admission.active_streams == 0
+
+
+async def test_tokens_are_required_on_both_wires_except_rest_health(
+    start_hark: StartHark, tiny_model_store: Path, triton: Path, tmp_path: Path
+) -> None:
+    hark = await start_hark(tiny_model_store, oip_http_port=0, auth_tokens=TOKEN)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub(hark).ModelInfer(infer_request(utterance()))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for path in ("/v2", "/v2/models/tiny", "/v2/models/tiny/ready"):
+        status, reply = await asyncio.to_thread(rest, hark, path)
+        assert status == 401 and "Bearer" in reply["error"]
+    status, _ = await asyncio.to_thread(rest, hark, "/v2", None, {"Authorization": f"Bearer {'x' * 32}"})
+    assert status == 401
+    assert (await asyncio.to_thread(rest, hark, "/v2/health/ready"))[0] == 200  # load balancers probe without one
+    clip = save(tmp_path, "clip", utterance(before_s=0.3, after_s=0.3))
+    for kind, url in (("grpc", hark.address), ("http", http_url(hark))):
+        out = await triton_client(triton, kind, "basics", url, "tiny", clip, TOKEN)
+        assert out["int16"]["label"] == ["yes"]
+
+
+async def test_rest_over_tls_and_oip_over_the_grpc_tls_port(
+    start_hark: StartHark,
+    tiny_model_store: Path,
+    pki: Pki,  # noqa: F811
+) -> None:
+    hark = await start_hark(
+        tiny_model_store, oip_http_port=0, tls_cert_file=pki.server.cert, tls_key_file=pki.server.key
+    )
+    context = ssl.create_default_context(cafile=str(pki.ca))
+
+    def get(url: str) -> Any:
+        with urllib.request.urlopen(url, context=context, timeout=30) as reply:
+            return json.loads(reply.read())
+
+    assert (await asyncio.to_thread(get, f"https://{http_url(hark)}/v2/models/tiny/ready"))["ready"] is True
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port
+        await asyncio.to_thread(urllib.request.urlopen, f"http://{http_url(hark)}/v2", timeout=10)
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    async with grpc.aio.secure_channel(hark.address, credentials) as channel:
+        reply = await inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(utterance()))
+    assert reply.outputs[1].name == "label" and reply.raw_output_contents[1][4:] == b"yes"
+
+
+async def test_a_drain_finishes_running_sequences_and_refuses_new_work(
+    start_hark: StartHark, tiny_model_store: Path
+) -> None:
+    hark = await start_hark(tiny_model_store, oip_http_port=0)
+    call = stub(hark).ModelStreamInfer()
+    await call.write(sequence_request(1, quiet(0.1), start=True))
+    assert (await call.read()).error_message == ""
+    stopping = asyncio.create_task(hark.running.stop(5.0))
+    while not hark.running.admission.draining:
+        await asyncio.sleep(0.01)
+    assert (await stub(hark).ServerReady(pb.ServerReadyRequest())).ready is False
+    status, _ = await asyncio.to_thread(rest, hark, "/v2/health/ready")
+    assert status == 503
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub(hark).ModelInfer(infer_request(utterance()))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    status, reply = await asyncio.to_thread(
+        rest,
+        hark,
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "audio", "shape": [4], "datatype": "INT16", "data": [0, 0, 0, 0]}]}).encode(),
+    )
+    assert status == 503 and "shutting down" in reply["error"]
+    await call.write(sequence_request(2, quiet(0.1), start=True))
+    assert (await call.read()).error_message.startswith("UNAVAILABLE")
+    await call.write(sequence_request(1, utterance(), end=True))
+    reply = await call.read()
+    labels = reply.infer_response.raw_output_contents[2]  # event_label: the running sequence finished
+    assert reply.error_message == "" and labels[4:7] == b"yes"
+    await call.done_writing()
+    await stopping

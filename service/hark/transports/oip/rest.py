@@ -128,6 +128,10 @@ class OipRest:
     async def _refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except web.HTTPException as e:  # aiohttp's own refusals (no route, body too large) as JSON errors too
+            if e.status < 400:
+                raise
+            return _error(e.status, e.text or e.reason)
         except REFUSALS as e:
             refusal = refusal_of(e)
             self.metrics.error(refusal.code)
