@@ -43,7 +43,8 @@ CLIENT = REPO / "tests" / "oip" / "triton_client.py"
 
 def ensure_triton_venv() -> Path:
     """``tests/.venv-triton`` with tritonclient[grpc,http], made on first use (as ``make triton-client`` does)."""
-    if not TRITON_PYTHON.exists():
+    stamp = TRITON_VENV / ".installed"  # what `make triton-client` leaves when the install is complete
+    if not stamp.exists():
         try:
             subprocess.run([sys.executable, "-m", "venv", str(TRITON_VENV)], check=True, capture_output=True)
             subprocess.run(
@@ -55,6 +56,7 @@ def ensure_triton_venv() -> Path:
         except (subprocess.SubprocessError, OSError) as e:
             shutil.rmtree(TRITON_VENV, ignore_errors=True)
             pytest.skip(f"cannot install tritonclient into {TRITON_VENV} (PyPI unreachable?): {e}")
+        stamp.touch()
     return TRITON_PYTHON
 
 
