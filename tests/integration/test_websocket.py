@@ -198,7 +198,8 @@ async def test_a_silent_client_is_ended_after_the_idle_timeout(start_hark: Start
 
 
 async def test_a_client_that_stops_reading_is_ended(start_hark: StartHark, tiny_model_store: Path) -> None:
-    """Flow control parks the server's writes; after the idle timeout the stream is ended and freed."""
+    """A client that stops reading stalls the stream through flow control (the server's writes, then its
+    reads, wait); whichever wait passes ``idle_timeout_s`` ends the stream, and its slot is freed."""
     hark = await start_hark(tiny_model_store, websocket_port=0, idle_timeout_s=1.0)
     async with connect(url(hark), max_queue=1) as ws:
         await ws.send(json.dumps({"config": {**CONFIG, "emit_scores": True}}))
