@@ -308,6 +308,17 @@ async def test_limits_hold_for_clips_and_sequences(start_hark: StartHark, tiny_m
     assert hark.running.admission.active_streams == 0
 
 
+async def test_a_stream_request_without_a_sequence_is_a_whole_clip(hark: Hark) -> None:
+    call = stub(hark).ModelStreamInfer()
+    await call.write(infer_request(utterance()))
+    reply = await call.read()
+    assert reply.error_message == ""
+    assert [o.name for o in reply.infer_response.outputs] == ["scores", "label", "labels"]
+    assert reply.infer_response.raw_output_contents[1][4:] == b"yes"
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+
+
 async def test_a_silent_stream_is_ended_and_frees_its_sequences(start_hark: StartHark, tiny_model_store: Path) -> None:
     hark = await start_hark(tiny_model_store, idle_timeout_s=0.5)
     call = stub(hark).ModelStreamInfer()

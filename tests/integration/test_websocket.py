@@ -310,3 +310,17 @@ async def test_a_drain_lets_running_streams_finish_and_refuses_new_ones(
     with pytest.raises(OSError):
         async with connect(url(hark), open_timeout=2):
             pass
+
+
+async def test_a_taken_port_stops_the_start_with_a_fix(start_hark: StartHark, tiny_model_store: Path) -> None:
+    import socket
+
+    from hark.server import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for setting in ("websocket_port", "oip_http_port"):
+            with pytest.raises(StartupError, match="HARK_WEBSOCKET_PORT / HARK_OIP_HTTP_PORT to a free port"):
+                await start_hark(tiny_model_store, **{setting: port})

@@ -1,9 +1,10 @@
 """``inference.GRPCInferenceService`` on Hark's gRPC port: protobuf in and out over :class:`OipPlane`.
 
 Refusals end a unary call with their status code, as on ``hark.v1.Classifier``. In ``ModelStreamInfer`` a
-refused request is answered with ``error_message`` (``"<STATUS>: <message>"``, as Triton does) and ends
-its sequence; the call and its other sequences go on. A call silent for ``idle_timeout_s`` ends with
-``DEADLINE_EXCEEDED``, and its open sequences with it.
+request with Triton's ``sequence_id`` belongs to a sequence (one stream pipeline); one without is a whole
+clip, answered as ``ModelInfer`` would. A refused request is answered with ``error_message``
+(``"<STATUS>: <message>"``, as Triton does) and ends its sequence; the call and its other sequences go on.
+A call silent for ``idle_timeout_s`` ends with ``DEADLINE_EXCEEDED``, and its open sequences with it.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             while (request := await self._read(context)) is not None:
                 parameters = parameters_of(request.parameters)
+                infer = sequences.infer if "sequence_id" in parameters else self.oip.infer
                 try:
-                    result = await sequences.infer(
+                    result = await infer(
                         request.model_name,
                         request.model_version,
                         inputs_of(request),
@@ -181,6 +183,11 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
                         _set_parameter(response.parameters, key, parameters[key])
                 await context.write(pb.ModelStreamInferResponse(infer_response=response))
         except Refusal as e:  # the call itself: idle, malformed
+            await self._abort(context, e)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # a bug: say so, keep the details in the log, not on the wire
+            log.exception("ModelStreamInfer failed", call=call_id)
             await self._abort(context, e)
         finally:
             sequences.close()

@@ -136,7 +136,7 @@ class Sequences:
         """One request of a sequence: start it, feed its audio, end it, as its parameters say."""
         sequence_id = parameters.get("sequence_id")
         if sequence_id in (None, 0, "") or isinstance(sequence_id, bool):
-            raise invalid("ModelStreamInfer requests need the parameter sequence_id (a non-zero integer or a string)")
+            raise invalid("the parameter sequence_id must be a non-zero integer or a non-empty string")
         start, end = parameters.get("sequence_start", False), parameters.get("sequence_end", False)
         if start:
             if sequence_id in self._open:
