@@ -324,3 +324,19 @@ async def test_a_taken_port_stops_the_start_with_a_fix(start_hark: StartHark, ti
         for setting in ("websocket_port", "oip_http_port"):
             with pytest.raises(StartupError, match="HARK_WEBSOCKET_PORT / HARK_OIP_HTTP_PORT to a free port"):
                 await start_hark(tiny_model_store, **{setting: port})
+
+
+async def test_websocket_streams_are_counted_in_the_metrics(hark: Hark) -> None:
+    registry = hark.running.metrics.registry
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    async with connect(url(hark)) as ws:
+        messages, _ = await run(ws, pcm_chunks(utterance()))
+    async with connect(url(hark)) as ws:
+        await run(ws, [], {"sample_rate_hz": 12345})
+    windows = value("hark_windows_total", model="tiny", version="1")
+    assert value("hark_requests_total", rpc="WebSocketStream") == 2
+    assert value("hark_errors_total", code="INVALID_ARGUMENT") == 1
+    assert windows > 10 and value("hark_events_total", model="tiny", version="1", **{"class": "yes"}) == 1
