@@ -333,7 +333,7 @@ async def test_websocket_streams_are_counted_in_the_metrics(hark: Hark) -> None:
         return registry.get_sample_value(name, labels) or 0.0
 
     async with connect(url(hark)) as ws:
-        messages, _ = await run(ws, pcm_chunks(utterance()))
+        await run(ws, pcm_chunks(utterance()))
     async with connect(url(hark)) as ws:
         await run(ws, [], {"sample_rate_hz": 12345})
     windows = value("hark_windows_total", model="tiny", version="1")
