@@ -25,12 +25,14 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import soundfile as sf
 
 from hark.oip import inference_pb2 as pb
 from hark.oip import inference_pb2_grpc
 from hark.v1 import hark_pb2
 from tests.fixtures_models import noise, pcm_chunks, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
+from tests.integration.test_cli import hark as hark_cli
 from tests.integration.test_security import TOKEN, Pki, pki  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -163,13 +165,17 @@ async def test_tritonclient_streams_sequences_and_gets_the_same_events_as_hark_s
     assert out["errors"] == []
     assert "INVALID_ARGUMENT" in out["unstarted"] and "sequence_start" in out["unstarted"]
 
+    wav = tmp_path / "a.wav"
+    sf.write(wav, audio, 16000, subtype="PCM_16")
+    cli = await hark_cli("stream", "--fast", "--json", "--server", hark.address, wav)
+    assert cli.code == 0, cli.err
+    expected = [(row["label"], round(row["time_s"], 3)) for row in cli.json_lines()]
+    assert [label for label, _ in expected] == ["yes", "yes"]
     config = hark_pb2.StreamConfig(sample_rate_hz=16000, encoding=hark_pb2.PCM_S16LE, emit_scores=True)
     requests = [hark_pb2.StreamRequest(config=config)]
     requests += [hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=c)) for c in pcm_chunks(audio)]
     responses = [r async for r in hark.stub.StreamClassify(iter(requests))]
-    expected = [(r.event.label, round(r.event.time_s, 3)) for r in responses if r.WhichOneof("response") == "event"]
     windows = sum(r.WhichOneof("response") == "scores" for r in responses)
-    assert [label for label, _ in expected] == ["yes", "yes"]
     for sequence_id in ("11", "12"):  # two interleaved sequences, each its own pipeline, each the same events
         assert [(e["label"], round(e["time_s"], 3)) for e in out["events"][sequence_id]] == expected
         assert out["windows"][sequence_id] == windows

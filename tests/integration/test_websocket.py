@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from hark.v1 import hark_pb2
 from tests.fixtures_models import noise, pcm_chunks, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
+from tests.integration.test_cli import hark as hark_cli
 from tests.integration.test_security import OTHER_TOKEN, TOKEN, Pki, pki  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,7 +77,7 @@ async def grpc_stream(hark: Hark, chunks: list[bytes], emit_scores: bool) -> lis
     return [r async for r in hark.stub.StreamClassify(iter(requests))]
 
 
-async def test_a_websocket_stream_gets_the_same_events_and_scores_as_grpc(hark: Hark) -> None:
+async def test_a_websocket_stream_gets_the_same_events_and_scores_as_grpc(hark: Hark, tmp_path: Path) -> None:
     audio = np.concatenate([utterance(), utterance(before_s=0.5)])
     chunks = pcm_chunks(audio)
     async with connect(url(hark)) as ws:
@@ -88,6 +90,12 @@ async def test_a_websocket_stream_gets_the_same_events_and_scores_as_grpc(hark: 
         (r.event.label, round(r.event.time_s, 3)) for r in expected if r.WhichOneof("response") == "event"
     ]
     assert [e["label"] for e in events] == ["yes", "yes"]
+    wav = tmp_path / "a.wav"
+    sf.write(wav, audio, 16000, subtype="PCM_16")
+    cli = await hark_cli("stream", "--fast", "--json", "--server", hark.address, wav)
+    assert [(e["label"], round(e["time_s"], 3)) for e in events] == [
+        (row["label"], round(row["time_s"], 3)) for row in cli.json_lines()
+    ], "the events of `hark stream` on the same file"
     scores = [m["scores"] for m in messages if "scores" in m]
     grpc_scores = [r.scores for r in expected if r.WhichOneof("response") == "scores"]
     assert len(scores) == len(grpc_scores) > 10
