@@ -87,7 +87,13 @@ def page_events(url: str, wav: Path, expected: int, timeout_s: float = 60.0) -> 
             time.sleep(0.2)
         bars = driver.find_elements(By.CSS_SELECTOR, "#scores .bar")
         assert len(bars) == 12, "the page shows a score bar per class"
-        return labels, driver.find_element(By.ID, "status").text
+        status = driver.find_element(By.ID, "status").text
+        driver.find_element(By.ID, "stop").click()  # the end message: the server scores the tail and closes
+        deadline = time.monotonic() + 10
+        while driver.find_element(By.ID, "status").text != "stream ended" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert driver.find_element(By.ID, "status").text == "stream ended"
+        return labels, status
     finally:
         driver.quit()
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+import weakref
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -57,7 +58,8 @@ class WebSocketTransport:
         self.settings = plane.settings
         self.metrics = plane.metrics
         self.idle_timeout_s = plane.settings.idle_timeout_s
-        self._header_authenticated: set[ServerConnection] = set()
+        # Connections whose upgrade request carried a valid token (weak: a failed handshake never reaches _handle).
+        self._header_authenticated: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: Server | None = None
         self.port = 0
 
