@@ -166,23 +166,29 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
 
 
 class CallLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """At most ``limit`` concurrent calls outside ``hark.v1.Classifier`` (health watches, reflection).
+    """At most ``limit`` concurrent calls outside the ``exempt`` method prefixes (the classification
+    services, which :class:`~hark.serving.admission.Admission` bounds): health watches, reflection.
 
-    The classifier's own calls are bounded by :class:`~hark.serving.admission.Admission`; these had no
-    bound (hostile clients: 5,000 health watches, exempt from authentication, held 74 MiB). Past the limit a
-    call ends ``RESOURCE_EXHAUSTED``.
+    These had no bound (hostile clients: 5,000 health watches, exempt from authentication, held 74 MiB).
+    Past the limit a call ends ``RESOURCE_EXHAUSTED``.
     """
 
-    def __init__(self, limit: int, on_refusal: RefusalObserver = _ignore_refusal) -> None:
+    def __init__(
+        self,
+        limit: int,
+        exempt: Sequence[str] = (CLASSIFIER_PREFIX,),
+        on_refusal: RefusalObserver = _ignore_refusal,
+    ) -> None:
         self.limit = limit
         self.active = 0
+        self._exempt = tuple(exempt)
         self._on_refusal = on_refusal
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(CLASSIFIER_PREFIX):
+        if handler is None or handler_call_details.method.startswith(self._exempt):
             return handler
         behaviour = handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
         limiter = self
