@@ -99,8 +99,8 @@ class OipPlane:
     async def infer(
         self, name: str, version: str, inputs: list[Tensor], parameters: dict[str, Any], requested: list[str]
     ) -> InferResult:
-        """Classify each clip of the ``audio`` input."""
-        with self.admission.call():
+        """Classify each clip of the ``audio`` input (a clip slot, like gRPC's ``Classify``: ``max_clip_calls``)."""
+        with self.admission.clip():
             model = self.resolve(name, version)
             clips, encoding = tensors.audio_input(inputs)
             rate = tensors.sample_rate(parameters)
