@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import time
@@ -29,6 +30,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from hark.core.audio import encode_pcm
 from hark.v1 import hark_pb2, hark_pb2_grpc
@@ -528,3 +531,23 @@ async def test_sigterm_during_a_flood_gives_the_normal_stream_its_grace(store: P
         stop.set()
         await asyncio.gather(*blasts, return_exceptions=True)
         assert_served(beside, alone)
+
+
+async def test_empty_websocket_frames_do_not_hold_a_slot(start_hark: StartHark, tiny_model_store: Path) -> None:
+    """The same on the WebSocket wire: empty binary frames every 100 ms are not audio; the stream ends
+    DEADLINE_EXCEEDED after ``idle_timeout_s`` and its slot is freed."""
+    h = await start_hark(tiny_model_store, websocket_port=0, idle_timeout_s=0.5)
+    assert h.running.websocket is not None
+    async with ws_connect(f"ws://127.0.0.1:{h.running.websocket.port}/v1/stream") as ws:
+        await ws.send(json.dumps({"config": {"sample_rate_hz": 16000, "encoding": "PCM_S16LE"}}))
+        errors = []
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(30):
+                await ws.send(b"")
+                with contextlib.suppress(TimeoutError):
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 0.1))
+                    if "error" in message:
+                        errors.append(message["error"]["code"])
+        assert errors == ["DEADLINE_EXCEEDED"]
+        assert ws.close_code == 4408
+    assert h.running.admission.active_streams == 0

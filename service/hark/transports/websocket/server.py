@@ -149,12 +149,15 @@ class WebSocketTransport:
             slog = slog.bind(model=pipeline.model.name, version=pipeline.model.version)
             slog.info("stream started", sample_rate_hz=session.sample_rate, encoding=session.encoding)
             await self._send(ws, protocol.started(pipeline.model))
+            last_audio = time.monotonic()  # idle means no audio: empty frames do not keep a stream alive
             while True:
-                message = await self._recv(ws)
+                message = await self._recv(ws, since=last_audio)
                 if isinstance(message, str) and protocol.is_end(message):
                     break
                 assert isinstance(message, bytes)
                 await self._send_results(ws, pipeline, await pipeline.feed(message))
+                if message:
+                    last_audio = time.monotonic()
             await self._send_results(ws, pipeline, await pipeline.finish())
         slog.info(
             "stream finished",
@@ -164,9 +167,12 @@ class WebSocketTransport:
             wall_s=round(time.monotonic() - started, 3),
         )
 
-    async def _recv(self, ws: ServerConnection, first: bool = False) -> str | bytes:
+    async def _recv(self, ws: ServerConnection, first: bool = False, since: float | None = None) -> str | bytes:
+        """The next message; without audio since ``since`` (monotonic; now when None) for ``idle_timeout_s``,
+        the stream is ended."""
+        left = self.idle_timeout_s - (time.monotonic() - since) if since is not None else self.idle_timeout_s
         try:
-            async with asyncio.timeout(self.idle_timeout_s):
+            async with asyncio.timeout(max(0.0, left)):
                 return await ws.recv()
         except TimeoutError:
             what = "the config" if first else "audio or the end message"
