@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from collections import Counter
@@ -368,17 +369,23 @@ async def neighbour(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.hostile rapid-reset HOST:PORT SECONDS``: one attack in a process of its own
-    (the soak runs floods this way, so they cannot starve its other clients' event loop)."""
+    """``python -m loadtest.hostile {rapid-reset,unfinished} HOST:PORT SECONDS``: one attack in a process of
+    its own (the soak runs them this way, so they cannot starve its other clients' event loop). Prints the
+    calls made and the statuses received, as JSON."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m loadtest.hostile", description=main.__doc__)
-    parser.add_argument("attack", choices=["rapid-reset"])
+    parser.add_argument("attack", choices=["rapid-reset", "unfinished"])
     parser.add_argument("address", help="HOST:PORT of the server")
     parser.add_argument("seconds", type=float, help="how long the attack runs")
     args = parser.parse_args(argv)
-    report = asyncio.run(rapid_resets(args.address, seconds=args.seconds))
-    print(report.calls)
+    if args.attack == "rapid-reset":
+        report = asyncio.run(rapid_resets(args.address, seconds=args.seconds))
+    else:  # 20 Classify calls declaring 1 MB each, never finished
+        report = asyncio.run(
+            unfinished_calls(args.address, calls=20, declared=1_000_000, unfinished=1000, seconds=args.seconds)
+        )
+    print(json.dumps({"calls": report.calls, "statuses": dict(report.statuses)}))
     return 0
 
 

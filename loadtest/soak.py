@@ -54,7 +54,6 @@ if str(REPO) not in sys.path:  # `python loadtest/soak.py` as well as `python -m
 from hark.core.audio import encode_pcm  # noqa: E402
 from hark.core.model_store import MODEL_FILE  # noqa: E402
 from hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
-from loadtest import hostile  # noqa: E402
 from loadtest.server_process import SERVER_ARGV, hark_env, open_fds, rss_bytes  # noqa: E402
 from tests.fixtures_models import noise, publish_tiny, quiet  # noqa: E402
 
@@ -351,11 +350,11 @@ async def scenario_stalled(address: str, rng: random.Random) -> Outcome:
 async def scenario_unfinished(address: str, rng: random.Random) -> Outcome:
     """20 Classify calls declaring 1 MB each, never finished: each is refused at its headers or admitted
     and then ended (its request never arrives whole); none may end OK, INTERNAL or UNKNOWN."""
-    report = await hostile.unfinished_calls(
-        address, calls=20, declared=1_000_000, unfinished=1000, seconds=rng.uniform(0.2, 0.6)
-    )
-    bad = {k: v for k, v in report.statuses.items() if k not in ("4", "8")}  # DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
-    return Outcome("unfinished", not bad, "bounded" if not bad else "unexpected", str(dict(report.statuses)))
+    report = await _attack("unfinished", address, rng.uniform(0.2, 0.6))
+    statuses: dict[str, int] = report.get("statuses", {})
+    bad = {k: v for k, v in statuses.items() if k not in ("4", "8")}  # DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+    ok = bool(report) and not bad
+    return Outcome("unfinished", ok, "bounded" if ok else "unexpected", str(statuses))
 
 
 async def scenario_empty_chunks(address: str, rng: random.Random) -> Outcome:
@@ -387,21 +386,30 @@ async def scenario_fast(stub: hark_pb2_grpc.ClassifierStub, rng: random.Random) 
 
 async def scenario_reset(address: str, rng: random.Random) -> Outcome:
     """A short HTTP/2 rapid-reset burst (calls opened and reset at once)."""
-    # In a process of its own: the flood keeps a Python process busy, and the grpc.aio calls of the other
-    # workers misreport their status (INTERNAL, CANCELLED) when their event loop is starved.
+    calls = int((await _attack("rapid-reset", address, 0.3)).get("calls", 0))
+    return Outcome("rapid reset", calls > 0, "bounded", f"{calls} resets")
+
+
+async def _attack(kind: str, address: str, seconds: float) -> dict[str, Any]:
+    """Run one raw HTTP/2 attack of ``loadtest/hostile.py`` in a process of its own; its JSON report.
+
+    Its own process: these attacks keep a Python process busy, and the grpc.aio calls of the other workers
+    misreport their status (INTERNAL, CANCELLED) when their event loop is starved."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "loadtest.hostile",
-        "rapid-reset",
+        kind,
         address,
-        "0.3",
+        f"{seconds:.3f}",
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
-    calls = int(out.decode().strip() or 0) if proc.returncode == 0 else 0
-    return Outcome("rapid reset", calls > 0, "bounded", f"{calls} resets")
+    if proc.returncode != 0:
+        return {}
+    report: dict[str, Any] = json.loads(out)
+    return report
 
 
 async def scenario_long_name(stub: hark_pb2_grpc.ClassifierStub, rng: random.Random) -> Outcome:

@@ -64,11 +64,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         512, ge=1, description="Open client connections before new ones are refused (bounds file descriptors)."
     )
-    # Behind Envoy every client shares a few upstream connections, so the per-connection bounds are wide
-    # by default; lower them when clients connect directly.
+    # 256: at 1,024 a rapid-reset flood on one connection made gRPC cancel calls starting on other
+    # connections (the 30 s soak); at 256 it did not. Envoy opens more upstream connections at the limit.
     max_streams_per_connection: int = Field(
-        1024, ge=1, description="Concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)."
+        256, ge=1, description="Concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)."
     )
+    # Behind Envoy every client shares a few upstream connections: wide by default; lower it when clients
+    # connect directly.
     max_streams_per_client: int = Field(
         1000, ge=1, description="Concurrent streams and clips per connection and per bearer token."
     )
