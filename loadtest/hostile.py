@@ -33,6 +33,8 @@ import numpy as np
 CLASSIFY = "/hark.v1.Classifier/Classify"
 STREAM = "/hark.v1.Classifier/StreamClassify"
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+# Channel options for a grpc channel with a connection of its own (not shared with other channels).
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 @dataclass
@@ -348,7 +350,9 @@ async def neighbour(
             sent_samples.append(total)
             yield hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=pcm))
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    # A connection of its own, as a client on another host would have: grpc shares one connection between
+    # channels to the same address otherwise, and the neighbour would ride on an attacker's.
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         call = hark_pb2_grpc.ClassifierStub(channel).StreamClassify(requests(), metadata=tuple(metadata))
         try:
             async for response in call:

@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from hark.core.audio import encode_pcm
 from hark.v1 import hark_pb2, hark_pb2_grpc
 from loadtest.hostile import (
+    OWN_CONNECTION,
     NeighbourReport,
     RawH2,
     idle_connections,
@@ -150,7 +151,7 @@ async def test_health_watches_are_capped(store: Path) -> None:
 
         async def watches() -> list[grpc.StatusCode]:
             # three connections: each takes at most max_streams_per_connection (256) calls at once
-            channels = [grpc.aio.insecure_channel(server.address) for _ in range(3)]
+            channels = [grpc.aio.insecure_channel(server.address, options=OWN_CONNECTION) for _ in range(3)]
             try:
                 stubs = [health_pb2_grpc.HealthStub(channel) for channel in channels]
                 calls = [stubs[k % 3].Watch(health_pb2.HealthCheckRequest()) for k in range(300)]
