@@ -256,6 +256,12 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
     serve.add_argument("--port", type=_int_in(0, 65535), help="port to bind; 0 picks a free one (default: 50051)")
     serve.add_argument("--model-store", type=Path, metavar="DIR", help="root of the versioned model store")
     serve.add_argument(
+        "--metrics-port",
+        type=_int_in(-1, 65535),
+        metavar="PORT",
+        help="port of /metrics; 0 picks a free one, -1 turns metrics off (default: $HARK_METRICS_PORT or 9464)",
+    )
+    serve.add_argument(
         "--log-format", choices=("auto", "json", "console"), help="log format; auto: console on a TTY, else JSON"
     )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="least severe level logged")
@@ -553,11 +559,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             model_store=args.model_store,
+            metrics_port=args.metrics_port,
             log_format=args.log_format,
             log_level=args.log_level,
         )
     except (ValidationError, ValueError, OSError) as e:
         return _fail(f"invalid settings: {e}", EXIT_BAD_REQUEST)
+    if (taken := _port_taken(settings.metrics_host, settings.metrics_port)) is not None:
+        return _fail(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {taken} (another program, "
+            "such as node_exporter, has it?); choose another port with --metrics-port PORT or "
+            "HARK_METRICS_PORT=PORT (0 picks a free one, -1 turns metrics off)",
+            EXIT_BAD_REQUEST,
+        )
     address = f"{settings.host}:{settings.port}"
     print(f"{PROG}: serving {settings.model_store} on {address}", file=sys.stderr)
     server_opt = "" if address == DEFAULT_SERVER else f" --server {_connect_address(settings.host, settings.port)}"
@@ -966,6 +980,25 @@ class _closing:
         closer = threading.Thread(target=self.client.close, name="hark-close", daemon=True)
         closer.start()
         closer.join(1.0)
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound (as the metrics server binds it), or None when it can or is not fixed.
+
+    The server checks too, but as a log line after the model has loaded; a clash here is one line before.
+    """
+    import socket
+
+    if port <= 0:
+        return None
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
+            probe.bind((host.strip("[]"), port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def _fail(message: str, code: int) -> int:
