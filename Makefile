@@ -53,8 +53,18 @@ dev: $(DEV_STAMP) system-deps  ## Create .venv with training, test and lint tool
 run: $(SERVE_STAMP) run-deps  ## Serve the bundled model on 127.0.0.1:50051 (and install what the Quick start uses)
 	$(BIN)/hark serve
 
+# The Node.js client's packages and buf (tests/integration/test_other_languages.py); Debian's Node.js if there is none.
+NODE_STAMP := clients/node/node_modules/.installed
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "installing nodejs and npm (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd clients/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 .PHONY: test
-test: $(DEV_STAMP) system-deps  ## Run the whole test suite
+test: $(DEV_STAMP) system-deps $(NODE_STAMP)  ## Run the whole test suite
 	$(BIN)/python -m pytest -q
 
 .PHONY: lint
@@ -113,4 +123,4 @@ model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the 
 
 .PHONY: clean
 clean:  ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules

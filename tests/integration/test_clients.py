@@ -6,6 +6,8 @@ The sync client blocks, so it runs in a worker thread while this test's event lo
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -120,3 +122,50 @@ def _refusals(hark: Hark) -> float:
     """hark_errors_total{code="RESOURCE_EXHAUSTED"} from the server's own registry."""
     value = hark.running.metrics.registry.get_sample_value("hark_errors_total", {"code": "RESOURCE_EXHAUSTED"})
     return value or 0.0
+
+
+# ------------------------------------------------------------------------------------ the README's examples
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def _example_code(name: str) -> str:
+    """An example file without its docstring line: the code the README shows."""
+    text = (EXAMPLES / name).read_text()
+    return text.split('"""\n\n', 1)[1] if text.startswith('"""') else text
+
+
+@pytest.mark.parametrize("name", ["microphone.py", "asyncio_stream.py"])
+def test_the_readme_shows_the_examples_as_they_are(name: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"```python\n{_example_code(name)}```" in readme
+
+
+def test_the_examples_pass_mypy_strict_against_the_typed_package() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(EXAMPLES)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_the_asyncio_example_runs_against_a_real_server(hark: Hark, two_words_wav: Path) -> None:
+    code = _example_code("asyncio_stream.py")
+    code = code.replace("127.0.0.1:50051", hark.address).replace("/tmp/yes.wav", str(two_words_wav))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0] == "yes" and [line.split()[0] for line in lines[1:]] == ["yes", "yes"]
+
+
+async def test_a_refused_async_stream_reports_the_server_s_status(hark: Hark) -> None:
+    """Not grpc.aio's "INTERNAL: Internal error from Core" when audio meets a refused call (grpc/grpc#36066)."""
+    async with AsyncHarkClient(hark.address) as client:
+        for _ in range(5):
+            with pytest.raises(HarkError) as refused:
+                _ = [i async for i in client.stream(quiet(0.05), model="nope", realtime=False)]
+            assert refused.value.code is grpc.StatusCode.NOT_FOUND, refused.value

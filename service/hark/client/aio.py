@@ -154,17 +154,19 @@ class AsyncHarkClient:
             split_chunks(audio, sample_rate, chunk_ms) if isinstance(audio, np.ndarray) else audio
         )
         pacer = Pacer() if realtime else None
-        call = self._stub.StreamClassify(
-            _requests(first, chunks, encoding, sample_rate, pacer), timeout=timeout, metadata=self._metadata
-        )
+        call = self._stub.StreamClassify(timeout=timeout, metadata=self._metadata)
+        writer = asyncio.ensure_future(_write(call, first, _requests(chunks, encoding, sample_rate, pacer)))
         decoder = StreamDecoder()
         try:
-            async for response in call:
+            while (response := await call.read()) is not grpc.aio.EOF:
                 if (item := decoder.item(response)) is not None:
                     yield item
         except grpc.RpcError as e:
+            if writer.done() and not writer.cancelled() and (failure := writer.exception()) is not None:
+                raise failure from None  # the audio source failed, and the call was cancelled for it
             raise HarkError.from_rpc_error(e) from None
         finally:
+            writer.cancel()
             call.cancel()  # a no-op when the server already ended the call
 
     # -- internals
@@ -176,15 +178,37 @@ class AsyncHarkClient:
             raise HarkError.from_rpc_error(e) from None
 
 
+async def _write(call: Any, first: hark_pb2.StreamRequest, requests: AsyncIterator[hark_pb2.StreamRequest]) -> None:
+    """Send the config, wait for the server's headers, then the audio, then half-close.
+
+    The server sends its headers once it has accepted the stream, and refuses without them (a full server,
+    an unknown model). Audio written into a refused call can make grpc.aio replace the server's status with
+    ``INTERNAL: Internal error from Core`` (grpc/grpc#36066), so no audio goes out before the headers. A
+    call that ends later ends the writing quietly; an audio source that fails cancels the call, and its
+    error is raised to the reader.
+    """
+    try:
+        await call.write(first)
+        await call.initial_metadata()
+        if call.done():
+            return
+        async for request in requests:
+            await call.write(request)
+        await call.done_writing()
+    except (grpc.RpcError, asyncio.InvalidStateError):
+        return
+    except Exception:
+        call.cancel()
+        raise
+
+
 async def _requests(
-    first: hark_pb2.StreamRequest,
     chunks: Iterable[AudioChunk] | AsyncIterable[AudioChunk],
     encoding: str,
     sample_rate: int,
     pacer: Pacer | None,
 ) -> AsyncIterator[hark_pb2.StreamRequest]:
-    """The request side of a stream; ends (half-closes) after the last chunk."""
-    yield first
+    """The audio of a stream, paced in real time when ``pacer`` is given."""
     bytes_per_second = BYTES_PER_SAMPLE[encoding] * sample_rate
     async for chunk in _aiter(chunks):
         pcm = chunk_pcm(chunk, encoding)
