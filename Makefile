@@ -69,8 +69,8 @@ test: $(DEV_STAMP) system-deps $(NODE_STAMP)  ## Run the whole test suite
 
 .PHONY: lint
 lint: $(DEV_STAMP)  ## ruff and mypy
-	$(BIN)/ruff check service training tests proto
-	$(BIN)/ruff format --check service training tests proto
+	$(BIN)/ruff check service training tests proto examples
+	$(BIN)/ruff format --check service training tests proto examples
 	$(BIN)/mypy service/hark training/hark_training
 
 .PHONY: bench
