@@ -265,6 +265,7 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--log-format", choices=("auto", "json", "console"), help="log format; auto: console on a TTY, else JSON"
     )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="least severe level logged")
+    _add_version_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     stream = commands.add_parser(
@@ -415,6 +416,7 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
     health.add_argument(
         "--timeout", type=_positive_float, default=5.0, metavar="S", help="deadline (default: %(default)s)"
     )
+    _add_version_option(health)
     health.set_defaults(func=cmd_health)
 
     control = commands.add_parser(
@@ -459,7 +461,8 @@ def _plugin_entry_points() -> list[importlib.metadata.EntryPoint]:
 def train_extra_hint() -> str:
     """How to get the training commands here: ``make dev`` in a checkout, the extra elsewhere."""
     if (CHECKOUT_ROOT / "Makefile").is_file() and (CHECKOUT_ROOT / "training").is_dir():
-        return f"run `make dev` in {_relative(str(CHECKOUT_ROOT))}"
+        where = _relative(str(CHECKOUT_ROOT))
+        return "run `make dev`" + ("" if where == "." else f" in {where}")
     return "install the training extra: pip install 'hark[train]'"
 
 

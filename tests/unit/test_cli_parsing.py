@@ -145,7 +145,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("hark ")
 
 
-@pytest.mark.parametrize("command", ["stream", "classify", "listen", "models", "control-check"])
+@pytest.mark.parametrize("command", ["serve", "stream", "classify", "listen", "models", "health", "control-check"])
 def test_version_is_the_program_s_everywhere_and_a_model_version_is_model_version(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
