@@ -873,7 +873,9 @@ def _stream_feed(args: argparse.Namespace) -> _Feed:
     if args.path != "-":
         samples = read_clip(args.path, args.rate)
         return _Feed(split_chunks(samples, args.rate, args.chunk_ms), args.rate, "pcm_s16le", len(samples) / args.rate)
-    stdin = sys.stdin.buffer
+    # Unbuffered: gRPC reads the chunks on a daemon thread, which a Ctrl-C leaves blocked in a read; a
+    # BufferedReader's lock held there would abort the interpreter's shutdown.
+    stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115 (lives as long as the process)
     if args.raw:
         encoding = f"pcm_{args.encoding}"
         feed = _Feed(

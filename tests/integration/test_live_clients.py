@@ -212,3 +212,17 @@ async def test_ctrl_c_on_a_real_time_stream_under_load_never_hangs(hark: Hark, t
             assert err.decode().endswith("hark: interrupted\n")
     finally:
         await load
+
+
+async def test_ctrl_c_while_the_pipe_is_open_and_quiet_ends_at_once(hark: Hark) -> None:
+    """gRPC's request thread is then blocked reading stdin: the close must not wait for it."""
+    proc = await spawn("stream", "-", "--raw", "--server", hark.address, stdin=True)
+    assert proc.stdin is not None
+    proc.stdin.write(s16le(quiet(0.5)))
+    await proc.stdin.drain()
+    await wait_for_line(proc.stderr, "streaming stdin")
+    await asyncio.sleep(1.0)  # all sent; the client now waits on a silent, open pipe
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)  # a hang fails here
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().endswith("hark: interrupted\n")
