@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -102,6 +103,24 @@ async def test_a_client_refused_with_resource_exhausted_retries_after_the_pushba
     await holder
     assert _refusals(hark) > refused_before, "the first attempt must have met the full server"
     assert [i.label for i in items if isinstance(i, Detection)] == ["yes", "yes"]
+
+
+async def test_the_retry_waits_the_server_s_pushback_not_gRPC_s_shorter_backoff(
+    start_hark: StartHark, tiny_model_store: Path
+) -> None:
+    """The slot frees after 0.3 s; gRPC's own backoff would try again within 0.2 s, the pushback says 1 s."""
+    hark = await start_hark(tiny_model_store, max_streams=1)
+    holder = asyncio.create_task(_hold_the_only_slot(hark.address, 0.3))
+    while hark.running.admission.active_streams == 0:
+        await asyncio.sleep(0.01)
+    refused_before = _refusals(hark)
+    started = time.monotonic()
+    items = await async_stream(hark.address, quiet(0.2), realtime=False)
+    waited = time.monotonic() - started
+    await holder
+    assert isinstance(items[0], StreamStarted)
+    assert _refusals(hark) - refused_before == 1  # one refusal, then the retry after the pushback got in
+    assert waited >= 0.9  # a lower bound: only a retry that ignored the server's 1000 ms could be sooner
 
 
 async def test_without_retries_the_full_server_refusal_reaches_the_caller(
