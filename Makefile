@@ -29,11 +29,22 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	@touch $@ $(SERVE_STAMP)
 
 .PHONY: system-deps
-system-deps: run-deps  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool, PortAudio)
-	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-		echo "installing espeak-ng and prometheus (Debian)"; \
+system-deps: run-deps  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool, chromium + chromedriver, PortAudio)
+	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing espeak-ng, prometheus, chromium and chromium-driver (Debian)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus chromium chromium-driver >/dev/null; }
+
+# tritonclient[grpc] pins protobuf < 7 and Hark's stubs need 7: the OIP tests run it from a venv of its own.
+TRITON_VENV := tests/.venv-triton
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[grpc,http]' numpy
+	@touch $@
+
+.PHONY: triton-client
+triton-client: $(TRITON_VENV)/.installed  ## The venv with NVIDIA's tritonclient that the OIP tests drive Hark with
 
 # What the Quick start uses besides the server: espeak-ng to speak a test word, PortAudio for `hark listen`.
 .PHONY: run-deps
@@ -64,7 +75,7 @@ $(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
 	@touch $@
 
 .PHONY: test
-test: $(DEV_STAMP) system-deps $(NODE_STAMP)  ## Run the whole test suite
+test: $(DEV_STAMP) system-deps triton-client $(NODE_STAMP)  ## Run the whole test suite
 	$(BIN)/python -m pytest -q
 
 .PHONY: lint

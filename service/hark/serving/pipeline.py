@@ -163,8 +163,9 @@ class DataPlane:
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=options.emit_scores,
-            **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
         )
+        if instruments is not None:
+            session.observe_with(instruments.observe, instruments.audio)
         capture = None
         if observed and self.capture is not None:
             capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)
