@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TextIO
 
 if TYPE_CHECKING:  # the client pulls in grpc and numpy; `hark --help` and `hark serve` don't need it here
     from hark.client import Classification, Detection, HarkClient, HopScores, ModelInfo, StreamStarted
@@ -873,9 +873,7 @@ def _stream_feed(args: argparse.Namespace) -> _Feed:
     if args.path != "-":
         samples = read_clip(args.path, args.rate)
         return _Feed(split_chunks(samples, args.rate, args.chunk_ms), args.rate, "pcm_s16le", len(samples) / args.rate)
-    # Unbuffered: gRPC reads the chunks on a daemon thread, which a Ctrl-C leaves blocked in a read; a
-    # BufferedReader's lock held there would abort the interpreter's shutdown.
-    stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115 (lives as long as the process)
+    stdin = _stdin_bytes()
     if args.raw:
         encoding = f"pcm_{args.encoding}"
         feed = _Feed(
@@ -885,6 +883,20 @@ def _stream_feed(args: argparse.Namespace) -> _Feed:
         feed = _Feed(decoded_chunks(stdin, rate=args.rate, chunk_ms=args.chunk_ms), args.rate, "pcm_s16le", None)
     feed.prime()
     return feed
+
+
+def _stdin_bytes() -> BinaryIO:
+    """stdin as unbuffered bytes where it is a file descriptor (a pipe, a terminal).
+
+    gRPC reads the chunks on a daemon thread, which a Ctrl-C leaves blocked in a read; a BufferedReader's
+    lock held there would abort the interpreter's shutdown. Where stdin is not a descriptor (embedded, in
+    tests) its buffer serves.
+    """
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return sys.stdin.buffer
+    return open(fd, "rb", buffering=0, closefd=False)  # lives as long as the process
 
 
 def _source_name(path: str) -> str:

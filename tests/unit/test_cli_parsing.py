@@ -678,7 +678,7 @@ def test_cli_unreachable_server(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert cli.main(["health", "--server", "127.0.0.1:1"]) == 1
 
 
-def test_stdin_is_spooled(
+def test_stdin_is_streamed(
     stub_server: tuple[str, StubClassifier],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
