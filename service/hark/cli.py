@@ -689,7 +689,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         source.close()
         meter.clear()
     total = sum(counts.values())
-    summary = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    summary = ", ".join(f"{label} {n}" for label, n in counts.items())  # in the order first heard
     ended = "stopped" if interrupted else "the source ended"
     _info(
         f"{ended}: {total} event{'s' if total != 1 else ''} in {heard_s:.1f} s" + (f" ({summary})" if summary else "")
