@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     # Metrics, drift and control-set checks
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus /metrics HTTP server binds.")
     metrics_port: int = Field(
-        9100, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
+        9464, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
     )
     drift_window_s: float = Field(
         300.0, gt=0.0, description="Time constant of the live drift statistics (exponentially weighted)."

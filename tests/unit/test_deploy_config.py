@@ -405,7 +405,7 @@ def test_dockerfile_bundles_the_model_store_and_exposes_its_ports() -> None:
     assert env["HARK_MODEL_STORE"].rstrip("/") == destination
     assert any(c.startswith("--from=build ") for c in copies), "the runtime stage takes the build stage's venv"
     exposed = {int(p.split("/")[0]) for args in instructions("EXPOSE", final) for p in args.split()}
-    assert {int(env["HARK_PORT"]), 9100} <= exposed
+    assert {int(env["HARK_PORT"]), 9464} <= exposed
     assert env["HARK_HOST"] == env["HARK_METRICS_HOST"] == "0.0.0.0", "a container listens beyond its loopback"
     assert int(env["HARK_METRICS_PORT"]) in exposed
 
@@ -504,7 +504,7 @@ def test_compose_wires_prometheus_and_grafana() -> None:
     assert "9090:9090" in services["prometheus"]["ports"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
     assert "3000:3000" in services["grafana"]["ports"]
-    assert "9100" in services["hark"]["expose"], "Prometheus scrapes hark:9100 on the compose network"
+    assert "9464" in services["hark"]["expose"], "Prometheus scrapes hark:9464 on the compose network"
 
 
 def bind_mounts() -> list[tuple[str, str]]:
