@@ -34,6 +34,24 @@ system-deps:  ## Debian packages the data pipeline and tests use (espeak-ng, pro
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus >/dev/null; }
 
+# MBROLA's voices are in Debian's contrib and non-free components (bookworm); MBROLA us1-3 and en1, RHVoice slt and
+# alan, flite and festival are never installed: they are reserved for independent evaluation.
+VOICE_PACKAGES := mbrola $(addprefix mbrola-,af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2) \
+	rhvoice rhvoice-english libttspico-utils
+VOICES_SOURCES := /etc/apt/sources.list.d/hark-voices.sources
+
+.PHONY: system-deps-voices
+system-deps-voices: system-deps  ## Debian speech engines for hark data build --engines (MBROLA, RHVoice, SVOX Pico)
+	@command -v mbrola >/dev/null && command -v RHVoice-test >/dev/null && command -v pico2wave >/dev/null \
+		&& [ -e /usr/share/mbrola/sw2 ] || { \
+		echo "installing MBROLA, RHVoice and SVOX Pico (Debian contrib/non-free)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		[ -e $(VOICES_SOURCES) ] || printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+			'Suites: bookworm' 'Components: contrib non-free' \
+			'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | $$SUDO tee $(VOICES_SOURCES) >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends $(VOICE_PACKAGES) >/dev/null; }
+
 .PHONY: install
 install: $(SERVE_STAMP)  ## Create .venv with the server and client
 
