@@ -195,6 +195,17 @@ def engine_report(
     }
 
 
+def per_engine_table(version_dir: Path, data_manifest: Path, split: str) -> str | None:
+    """``hark eval``'s per-engine accuracy, for a data manifest that records engines (else None)."""
+    with data_manifest.open(newline="", encoding="utf-8") as f:
+        if "engine" not in (csv.DictReader(f).fieldnames or ()):
+            return None
+    report = clip_report(load_version(version_dir), data_manifest.parent, [split])
+    lines = [f"{'engine/kind':<22}{'clips':>7}{'top-1':>8}"]
+    lines += [f"{name:<22}{r['clips']:>7}{r['accuracy']:>8.3f}" for name, r in report.items()]
+    return "\n".join(lines)
+
+
 def format_engine_table(report: Mapping[str, Any]) -> str:
     def cell(v: Any, digits: int = 3) -> str:
         return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
