@@ -26,6 +26,8 @@ import argparse
 import csv
 import json
 import os
+import random
+import shutil
 import sys
 import time
 from collections import Counter
@@ -68,6 +70,7 @@ FloatArray = npt.NDArray[np.float64]
 
 ENGINE_DIR = "engines"
 STREAMS_FILE = "streams.csv"
+BASE_MANIFEST = "manifest-espeak.csv"
 VOICE_COLUMNS: tuple[str, ...] = ("engine", "licence", "kind", "channel")
 """Columns this module adds to the data manifest (after the ones :mod:`hark_training.data` writes)."""
 STREAM_COLUMNS: tuple[str, ...] = (
@@ -236,6 +239,8 @@ class VoicesConfig:
     test_engines: tuple[str, ...] = ("rhvoice",)
     commercial_only: bool = False
     espeak_voices: int = 24
+    base_train_share: float = 1.0
+    """Share of the espeak-ng word build's training clips kept beside the engines' (see :func:`merge_manifest`)."""
 
 
 @dataclass(frozen=True)
@@ -544,15 +549,25 @@ def _row(spec: Spec, path: str, prosody: Prosody, channel: str, text: str) -> di
 # --- manifests --------------------------------------------------------------------------------------------------
 
 
-def merge_manifest(manifest: Path, rows: Sequence[dict[str, str]]) -> None:
+def merge_manifest(
+    manifest: Path, rows: Sequence[dict[str, str]], base_train_share: float = 1.0, seed: int = 0
+) -> None:
     """Append engine rows to the data manifest, keeping its columns first; earlier engine rows are replaced.
 
-    The espeak-ng rows :mod:`hark_training.data` wrote get ``engine=espeak-ng`` and its licence.
+    The espeak-ng rows :mod:`hark_training.data` wrote get ``engine=espeak-ng`` and its licence; the manifest as
+    that build wrote it is kept beside it as ``manifest-espeak.csv``, so merging again starts from it. With
+    ``base_train_share`` below 1 only that share of its training rows is kept (drawn from ``seed``), so the
+    other engines weigh more and an epoch costs less.
     """
+    original = manifest.with_name(BASE_MANIFEST)
     with manifest.open(newline="", encoding="utf-8") as f:
+        if not any(r["path"].startswith(f"{ENGINE_DIR}/") for r in csv.DictReader(f)):
+            shutil.copyfile(manifest, original)
+    with original.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or ())
-        base = [r for r in reader if not r["path"].startswith(f"{ENGINE_DIR}/")]
+        rng = random.Random(seed)
+        base = [r for r in reader if r["split"] != "train" or base_train_share >= 1 or rng.random() < base_train_share]
     for r in base:
         speech = r.get("source") not in ("noise", "")
         r.setdefault("engine", "espeak-ng" if speech else "noise")
@@ -607,7 +622,7 @@ def build_voices(
     rows = [r for rs in results for r in rs]
     clips = [r for r in rows if "label" in r]
     streams = [r for r in rows if "events" in r]
-    merge_manifest(manifest, sorted(clips, key=lambda r: r["path"]))
+    merge_manifest(manifest, sorted(clips, key=lambda r: r["path"]), config.base_train_share, seed)
     write_streams(sorted(streams, key=lambda r: r["path"]), Path(out_dir) / STREAMS_FILE)
     return len(clips), len(streams)
 
@@ -686,6 +701,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--no-channel", action="store_true", help="no speaker-size, room or microphone variety on the engines' speech"
     )
     parser.add_argument(
+        "--base-train-share",
+        type=float,
+        default=defaults.base_train_share,
+        metavar="F",
+        help="keep this share of the espeak-ng word build's training clips (default: %(default)s)",
+    )
+    parser.add_argument(
         "--commercial-only",
         action="store_true",
         help="leave out voices whose licence forbids commercial use (MBROLA, two RHVoice voices)",
@@ -701,6 +723,7 @@ def config_from_args(args: argparse.Namespace) -> VoicesConfig:
         val_engines=args.val_engines,
         test_engines=args.test_engines,
         commercial_only=args.commercial_only,
+        base_train_share=args.base_train_share,
     )
 
 
