@@ -91,3 +91,24 @@ def test_thresholds_are_raised_until_the_budget_holds_and_land_in_the_manifest(t
     assert manifest.thresholds == chosen
     assert json.loads((version / "manifest.json").read_text())["metrics"]["thresholds"]["budget_per_hour"] == 0.0
     load_version(version)  # still verifies
+
+
+def test_the_model_card_lists_training_engines_licences_and_held_out_engines(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    rows = [
+        ("a.wav", "yes", "train", "espeak-ng:x", "espeak-ng", "espeak-ng", "GPL-3.0"),
+        ("b.wav", "no", "train", "mbrola:de4", "mbrola", "mbrola", "MBROLA voice licence (non-commercial)"),
+        ("c.wav", "no", "val", "pico:en-US", "pico", "pico", "Apache-2.0"),
+        ("d.wav", "go", "test", "rhvoice:bdl", "rhvoice", "rhvoice", "LGPL-2.1"),
+    ]
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", "voice", "source", "engine", "licence"])
+        writer.writerows(rows)
+    card = engine_eval.model_card(manifest)
+    assert set(card["training_engines"]) == {"espeak-ng", "mbrola"}
+    assert card["held_out_engines"] == {"pico": ["val"], "rhvoice": ["test"]}
+    assert card["non_commercial_training_material"] is True
+    version = publish_tiny(tmp_path / "store")
+    engine_eval.write_model_card(version, card)
+    assert read_manifest(version).training["model_card"]["training_licences"] == card["training_licences"]

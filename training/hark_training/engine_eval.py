@@ -251,10 +251,60 @@ def tune_thresholds(
 
 def write_thresholds(version_dir: Path, thresholds: Mapping[str, float], note: Mapping[str, Any]) -> None:
     """Store ``thresholds`` in the version's manifest (and how they were chosen under ``metrics``), atomically."""
-    manifest = read_manifest(version_dir)
-    data = manifest.model_dump(mode="json")
+    data = read_manifest(version_dir).model_dump(mode="json")
     data["thresholds"] = dict(thresholds)
     data["metrics"] = {**data.get("metrics", {}), "thresholds": dict(note)}
+    _rewrite_manifest(version_dir, data)
+
+
+INTENDED_USE = (
+    "Spotting ten English command words (yes, no, up, down, left, right, on, off, stop, go) in a stream of 16 kHz "
+    "audio from one talker near a microphone; other words and silence are _unknown_ and _silence_."
+)
+LIMITS = (
+    "Trained only on synthetic speech (the engines listed); no recorded human speech was used in training or "
+    "validation, so accuracy on people is not measured here. English only. Other languages, children's voices, "
+    "shouting, far-field rooms and overlapping talkers are outside what it was trained on."
+)
+
+
+def model_card(data_manifest: Path) -> dict[str, Any]:
+    """What the version was trained on, per engine: voices and licences, from the training rows of the manifest."""
+    with data_manifest.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    engines: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        engine = r.get("engine") or r["source"]
+        entry = engines.setdefault(engine, {"voices": set(), "licences": set(), "splits": set(), "clips": 0})
+        entry["voices"].add(r["voice"])
+        entry["licences"].add(r.get("licence") or "")
+        entry["splits"].add(r["split"])
+        entry["clips"] += r["split"] == "train"
+    training = {e: v for e, v in engines.items() if v["clips"]}
+    licences = sorted({lic for v in training.values() for lic in v["licences"] if lic})
+    return {
+        "training_engines": {
+            e: {"voices": len(v["voices"]), "clips": v["clips"], "licences": sorted(v["licences"] - {""})}
+            for e, v in sorted(training.items())
+        },
+        "held_out_engines": {
+            e: sorted(v["splits"]) for e, v in sorted(engines.items()) if not v["clips"] and e != "noise"
+        },
+        "training_licences": licences,
+        "non_commercial_training_material": any("non-commercial" in lic for lic in licences),
+        "intended_use": INTENDED_USE,
+        "limits": LIMITS,
+    }
+
+
+def write_model_card(version_dir: Path, card: Mapping[str, Any]) -> None:
+    """Store the model card in the version's manifest under ``training.model_card``, atomically."""
+    data = read_manifest(version_dir).model_dump(mode="json")
+    data["training"] = {**data.get("training", {}), "model_card": dict(card)}
+    _rewrite_manifest(version_dir, data)
+
+
+def _rewrite_manifest(version_dir: Path, data: dict[str, Any]) -> None:
     Manifest.model_validate(data)
     path = version_dir / MANIFEST_FILE
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}-", dir=version_dir)
@@ -303,10 +353,21 @@ def _cmd_thresholds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    try:
+        card = model_card(args.data if args.data.suffix == ".csv" else args.data / "manifest.csv")
+        write_model_card(args.version, card)
+    except (OSError, ValueError, RuntimeError, VerificationError) as e:
+        print(f"cannot write the model card: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(card, indent=2))
+    return 0
+
+
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``hark engines eval`` and ``hark engines thresholds``."""
+    """Register ``hark engines eval``, ``hark engines thresholds`` and ``hark engines card``."""
     engines = subparsers.add_parser("engines", help="per-engine evaluation and per-class thresholds")
-    commands = engines.add_subparsers(dest="engines_command", required=True, metavar="{eval,thresholds}")
+    commands = engines.add_subparsers(dest="engines_command", required=True, metavar="{eval,thresholds,card}")
     ev = commands.add_parser(
         "eval",
         help="clip accuracy, event F1 and false alarms per hour per engine",
@@ -330,6 +391,16 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     )
     th.add_argument("--splits", default="val", help="splits to tune on (default: %(default)s)")
     th.set_defaults(func=_cmd_thresholds)
+    card = commands.add_parser(
+        "card",
+        help="write the model card (training engines, voices, licences, intended use, limits) into the manifest",
+        description="Summarise the data set's training engines, voices and licences into training.model_card.",
+    )
+    card.add_argument("version", type=Path, help="a version folder")
+    card.add_argument(
+        "--data", type=Path, default=Path("data/keywords"), help="data folder or manifest (default: %(default)s)"
+    )
+    card.set_defaults(func=_cmd_card)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
