@@ -37,6 +37,12 @@ def _requests(samples: np.ndarray) -> list[hark_pb2.StreamRequest]:
     ]
 
 
+@pytest.mark.xfail(
+    not os.environ.get("HARK_E2E_STORE"),
+    reason="the bundled keywords/1 has heard espeak-ng only and gives at most 'yes' here (README: Real voices); "
+    "strict, so a bundled model that passes makes this fail until the marker goes",
+    strict=True,
+)
 @pytest.mark.parametrize("engine,voice", HELD_OUT, ids=[f"{e}-{v}" for e, v in HELD_OUT])
 async def test_a_sentence_from_a_held_out_engine_gives_its_keywords_in_order(
     start_hark: StartHark, engine: str, voice: str
