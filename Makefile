@@ -54,6 +54,24 @@ run-deps:  ## Debian packages the Quick start uses (espeak-ng, PortAudio for the
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng libportaudio2 >/dev/null; }
 
+# MBROLA's voices are in Debian's contrib and non-free components (bookworm); MBROLA us1-3 and en1, RHVoice slt and
+# alan, flite and festival are never installed: they are reserved for independent evaluation.
+VOICE_PACKAGES := mbrola $(addprefix mbrola-,af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2) \
+	rhvoice rhvoice-english libttspico-utils
+VOICES_SOURCES := /etc/apt/sources.list.d/hark-voices.sources
+
+.PHONY: system-deps-voices
+system-deps-voices: system-deps  ## Debian speech engines for hark data build --engines (MBROLA, RHVoice, SVOX Pico)
+	@command -v mbrola >/dev/null && command -v RHVoice-test >/dev/null && command -v pico2wave >/dev/null \
+		&& [ -e /usr/share/mbrola/sw2 ] || { \
+		echo "installing MBROLA, RHVoice and SVOX Pico (Debian contrib/non-free)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		[ -e $(VOICES_SOURCES) ] || printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+			'Suites: bookworm' 'Components: contrib non-free' \
+			'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | $$SUDO tee $(VOICES_SOURCES) >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends $(VOICE_PACKAGES) >/dev/null; }
+
 .PHONY: install
 install: $(SERVE_STAMP)  ## Create .venv with the server and client
 
@@ -127,10 +145,28 @@ proto: $(DEV_STAMP)  ## Regenerate the stubs in service/hark/v1 from proto/
 	$(BIN)/python proto/generate.py
 
 .PHONY: model
-model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the bundled model (about 25 min)
+model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the bundled model keywords/1 (about 25 min)
 	$(BIN)/hark data build --out data/keywords
 	$(BIN)/hark train --config training/configs/keywords.toml --data data/keywords/manifest.csv --out runs/keywords
 	$(BIN)/hark export runs/keywords --store model_store --name keywords
+
+# keywords_voices: espeak-ng words plus MBROLA, Piper, RHVoice and SVOX Pico speech (RHVoice held out for test, Pico
+# for validation), running speech and channel variety, published into a candidate store (not model_store/) with a
+# model card and thresholds for 2 false alarms per hour on Pico's running speech. Compare it with
+# `hark engines eval` and `HARK_E2E_STORE=runs/store pytest tests/integration/test_end_to_end*.py`.
+ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper --val-engines pico --test-engines rhvoice --base-train-share 0.35
+CANDIDATE_STORE := runs/store
+
+.PHONY: model-voices
+model-voices: $(DEV_STAMP) system-deps-voices  ## Build the many-engines data set and train a candidate into runs/store (about 1 h on a busy 2-core machine)
+	$(BIN)/python -m pip install --quiet -e '.[voices]'
+	nice -n 10 $(BIN)/hark data build --out data/keywords $(ENGINES_ARGS)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_voices.toml --data data/keywords/manifest.csv --out runs/keywords_voices
+	$(BIN)/hark export runs/keywords_voices --store $(CANDIDATE_STORE) --name keywords
+	V=$(CANDIDATE_STORE)/keywords/$$(ls $(CANDIDATE_STORE)/keywords | sort -n | tail -1); \
+		$(BIN)/hark engines card $$V --data data/keywords && \
+		$(BIN)/hark engines thresholds $$V --data data/keywords --budget 2 && \
+		$(BIN)/hark engines eval $$V --data data/keywords --use-thresholds
 
 .PHONY: clean
 clean:  ## Remove the virtual environment and caches

@@ -98,6 +98,7 @@ class Manifest(BaseModel):
     size_bytes: int = Field(ge=0)
     reference_stats: FeatureStats | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # per-class event thresholds; absent: global
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
 
