@@ -21,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -107,8 +107,10 @@ class CausalTCN(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv1d(n_mels + 1, channels, 1, bias=False), nn.BatchNorm1d(channels), nn.ReLU(inplace=True)
         )
-        self.blocks = nn.ModuleList(CausalBlock(channels, kernel, d, dropout) for d in dilations)
-        self.receptive_field = 1 + sum(2 * b.context for b in self.blocks)
+        blocks = [CausalBlock(channels, kernel, d, dropout) for d in dilations]
+        self.blocks = nn.ModuleList(blocks)
+        self.contexts = [b.context for b in blocks]
+        self.receptive_field = 1 + sum(2 * c for c in self.contexts)
         self.pool_frames = pool_frames or n_frames - self.receptive_field + 1
         if self.pool_frames < 1 or self.receptive_field + self.pool_frames - 1 > n_frames:
             raise ValueError(
@@ -143,7 +145,7 @@ class StreamingCausalTCN(nn.Module):
     def state_shapes(self) -> list[list[int]]:
         """Each state tensor's shape for one stream."""
         c = self.model.channels
-        shapes = [[c, block.context] for block in self.model.blocks for _ in range(2)]
+        shapes = [[c, context] for context in self.model.contexts for _ in range(2)]
         return [*shapes, [c, self.pool_cache]]
 
     def initial_state(self, batch: int) -> list[torch.Tensor]:
@@ -154,7 +156,7 @@ class StreamingCausalTCN(nn.Module):
         h = m.stem(m.norm(frames))
         new_states: list[torch.Tensor] = []
         for i, block in enumerate(m.blocks):
-            h, c1, c2 = block.step(h, states[2 * i], states[2 * i + 1])
+            h, c1, c2 = cast(CausalBlock, block).step(h, states[2 * i], states[2 * i + 1])
             new_states += [c1, c2]
         pooled = torch.cat([states[-1], h], dim=2)
         logits = m.head(pooled.mean(dim=2))

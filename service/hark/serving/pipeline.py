@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -177,6 +178,7 @@ class DataPlane:
         check_sample_rate(options.sample_rate_hz)
         model = self.store.resolve(options.model, options.version)
         instruments = self.metrics.instruments(model) if observed else None
+        hooks: dict[str, Any] = {"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}
         session = StreamSession(
             model,
             sample_rate=options.sample_rate_hz,
@@ -184,7 +186,7 @@ class DataPlane:
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=options.emit_scores,
-            **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
+            **hooks,
         )
         capture = None
         if observed and self.capture is not None:
