@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(5.0, ge=0.0, description="How often the store is rescanned; 0 = never.")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per inference call.")
     inference_workers: int = Field(1, ge=1, le=64, description="Threads that run inference batches.")
+    workers: int = Field(
+        1, ge=0, le=256, description="Server processes sharing the port (hark serve --workers); 0 = the usable cores."
+    )
 
     # Batching
     # 4: measured best for the bundled DS-CNN on one core (loadtest/README.md): onnxruntime's windows per
