@@ -21,7 +21,7 @@ def hark_env(store: Path, **settings: object) -> dict[str, str]:
         HARK_METRICS_PORT="-1",
         HARK_LOG_FORMAT="json",
         HARK_RELOAD_INTERVAL_S="0",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=os.pathsep.join([str(REPO / "service"), str(REPO)]),  # this checkout's hark, not the venv's
     )
     env.update({f"HARK_{k.upper()}": str(v) for k, v in settings.items()})
     return env
