@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.bench import (  # noqa: E402
+from loadtest.bench import (
     CLIENT_CORE,
     REPO,
     RESULTS,
@@ -48,7 +48,8 @@ from loadtest.bench import (  # noqa: E402
     save_result,
     speech,
 )
-from loadtest.server_process import hark_env  # noqa: E402
+from loadtest.server_process import hark_env
+
 
 class ProcessTree(Server):
     """A supervisor and its workers: CPU counted over every process of the tree."""
