@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # second peak at batch 2 and fall beyond it, while each batch costs one hand-off to the inference thread.
     max_batch: int = Field(4, ge=1, le=1024, description="Most windows in one inference batch.")
     max_delay_ms: float = Field(2.0, ge=0.0, description="Longest a window waits for a batch to fill.")
+    inline_inference: bool = Field(
+        False, description="Run inference batches on the event loop, no worker thread (measured: loadtest/ab.py)."
+    )
 
     # Streams
     max_streams: int = Field(1000, ge=1, description="Concurrent streams before RESOURCE_EXHAUSTED.")
