@@ -72,7 +72,9 @@ class Window:
     """One model input and where it lies in the stream's audio."""
 
     index: int
-    features: FloatArray  # (window_frames, n_mels), owned: the ring may be overwritten
+    # (window_frames, n_mels), or for a streaming model the hop's (hop_frames, n_mels); owned: the ring may be
+    # overwritten
+    features: FloatArray
     start_s: float
     end_s: float
     gated: bool = False  # too quiet to be worth a model call (``gate_dbfs``)
@@ -135,7 +137,10 @@ class StreamSession:
         self.hop_frames = m.hop_frames
         self._resampler = StreamResampler(self.sample_rate, self.model_rate)
         self._frontend = StreamingLogMel(m.frontend)
-        self._ring = FrameRing(m.window_frames, m.frontend.n_mels)
+        # A streaming model needs only each hop's new frames (its state holds the rest), and drift reads only
+        # those: its ring holds one hop, where a windowed model's holds the window.
+        self._feature_frames = m.hop_frames if m.model_kind == "streaming" else m.window_frames
+        self._ring = FrameRing(self._feature_frames, m.frontend.n_mels)
         self._post = Postprocessor(PostprocessConfig.from_settings(settings, m))
         self._next_due = m.window_frames  # frame count at which the next window is complete
         # A streaming model sees every hop from the start, so its state holds the first window when it is due.
@@ -259,7 +264,7 @@ class StreamSession:
             self.gated += gated
         window = Window(
             index=self.windows,
-            features=self._ring.latest(self.window_frames).copy(),
+            features=self._ring.latest(self._feature_frames).copy(),
             start_s=start / c.sample_rate,
             end_s=end / c.sample_rate,
             gated=gated,
