@@ -104,6 +104,7 @@ class Batcher:
         # Inline: run each batch on the event loop itself, no hand-off to a worker thread (a lean-path option
         # for one inference core; the loop is blocked for the batch's duration).
         self.inline = inline
+        self._yielded = False
         self._executor = executor
         self._observe = observe
         self._observe_batch = observe_batch
@@ -178,6 +179,17 @@ class Batcher:
                     self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
                 return
             self._start_batch()
+            if self.inline and self._pending:
+                # One batch per turn of the loop: other streams' chunks run between the batches of a big
+                # submit (a long Classify clip) instead of waiting for all of them.
+                if not self._yielded:
+                    self._yielded = True
+                    asyncio.get_running_loop().call_soon(self._resume)
+                return
+
+    def _resume(self) -> None:
+        self._yielded = False
+        self._schedule()
 
     def _on_timer(self) -> None:
         self._timer = None
