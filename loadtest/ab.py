@@ -8,8 +8,7 @@ Variants (each a server on core 0, gating off, the client on core 1 as in ``benc
 
 * ``windowed``: Hark with the bundled ``model_store/`` (keywords/1, the DS-CNN), default settings;
 * ``delay0``: the same with ``max_delay_ms`` 0 (batch only what piles up while the model runs);
-* ``inline``: the same with ``inline_inference`` (batches run on the event loop, no hand-off to a thread);
-* ``lean``: ``inline_inference`` and ``max_delay_ms`` 0 together;
+* ``thread``: the same with ``inline_inference`` off (each batch handed to the inference thread);
 * ``streaming``: Hark with ``--streaming-store`` (a streaming version: each hop's frames plus state);
 * ``workers2``: ``hark serve --workers 2`` with the bundled store, both workers on core 0 (the cost of the
   supervisor and of a second process, not their scaling: that needs a core per worker);
@@ -60,7 +59,7 @@ class ProcessTree(Server):
         return _tree_cpu_s(self.proc.pid)
 
 
-VARIANTS = ("windowed", "delay0", "inline", "lean", "streaming", "workers2", "floor", "old")
+VARIANTS = ("windowed", "thread", "delay0", "streaming", "workers2", "floor", "old")
 
 
 def start(variant: str, args: argparse.Namespace) -> Server | None:
@@ -69,10 +68,8 @@ def start(variant: str, args: argparse.Namespace) -> Server | None:
         return hark_server(store, gate_dbfs="-inf")
     if variant == "delay0":
         return hark_server(store, gate_dbfs="-inf", max_delay_ms=0)
-    if variant == "inline":
-        return hark_server(store, gate_dbfs="-inf", inline_inference=True)
-    if variant == "lean":
-        return hark_server(store, gate_dbfs="-inf", inline_inference=True, max_delay_ms=0)
+    if variant == "thread":
+        return hark_server(store, gate_dbfs="-inf", inline_inference=False)
     if variant == "streaming":
         return hark_server(args.streaming_store, gate_dbfs="-inf") if args.streaming_store else None
     if variant == "workers2":
