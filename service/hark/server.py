@@ -302,8 +302,12 @@ def serve(
 
 
 def main() -> int:
-    """``python -m hark.server``: settings from ``HARK_*`` and ``HARK_CONFIG_FILE``."""
-    return serve(Settings.load())
+    """``python -m hark.server``: settings from ``HARK_*`` and ``HARK_CONFIG_FILE`` (``HARK_WORKERS`` included)."""
+    settings = Settings.load()
+    from hark.serving.workers import default_workers, serve_workers
+
+    workers = settings.workers or default_workers()
+    return serve_workers(settings, workers) if workers > 1 else serve(settings)
 
 
 if __name__ == "__main__":

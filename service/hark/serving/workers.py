@@ -106,6 +106,7 @@ class Worker:
     conn: multiprocessing.connection.Connection
     metrics_port: int = -1
     pid: int = 0
+    ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -131,7 +132,10 @@ class Supervisor:
 
     def _worker_settings(self) -> str:
         # Workers serve metrics on 127.0.0.1 only; the supervisor's endpoint is the public one.
-        worker = self.settings.model_copy(update={"port": self.port, "metrics_host": "127.0.0.1", "metrics_port": 0})
+        metrics_port = 0 if self.settings.metrics_port >= 0 else -1  # none at all when metrics are off
+        worker = self.settings.model_copy(
+            update={"port": self.port, "metrics_host": "127.0.0.1", "metrics_port": metrics_port}
+        )
         return worker.model_dump_json()
 
     def _start(self, index: int) -> Worker:
@@ -155,6 +159,7 @@ class Supervisor:
                 except EOFError:
                     return False
                 worker.metrics_port, worker.pid = int(hello["metrics_port"]), int(hello["pid"])
+                worker.ready = True
                 return True
             if not worker.process.is_alive():
                 return False
@@ -219,7 +224,7 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             # A worker still starting (no hello yet) held no streams; a signal that ends it drained nothing.
-            if worker.process.exitcode != 0 and worker.metrics_port != -1:
+            if worker.process.exitcode != 0 and worker.ready:
                 code = 1
         if self._http is not None:
             self._http.shutdown()
