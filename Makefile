@@ -1,5 +1,6 @@
 # Hark: every set-up step lives here, so a fresh clone needs nothing installed by hand.
-#   make run    create .venv, install the server, serve the bundled model on 127.0.0.1:50051
+#   make run    create .venv, install the server and clients (with the microphone), espeak-ng for the Quick
+#               start's speech, serve the bundled model on 127.0.0.1:50051
 #   make test   create .venv, install everything the suite needs, run the whole suite
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -18,21 +19,40 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[mic]'
 	@touch $@
 
 # openwakeword ships the pretrained backbone's ONNX files (training/hark_training/backbone.py); --no-deps: its deps pull in tflite.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,dev,mic]'
 	$(BIN)/python -m pip install --quiet --no-deps openwakeword==0.5.1
 	@touch $@ $(SERVE_STAMP)
 
 .PHONY: system-deps
-system-deps:  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool)
-	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-		echo "installing espeak-ng and prometheus (Debian)"; \
+system-deps: run-deps  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool, chromium + chromedriver, PortAudio)
+	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing espeak-ng, prometheus, chromium and chromium-driver (Debian)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus chromium chromium-driver >/dev/null; }
+
+# tritonclient[grpc] pins protobuf < 7 and Hark's stubs need 7: the OIP tests run it from a venv of its own.
+TRITON_VENV := tests/.venv-triton
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[grpc,http]' numpy
+	@touch $@
+
+.PHONY: triton-client
+triton-client: $(TRITON_VENV)/.installed  ## The venv with NVIDIA's tritonclient that the OIP tests drive Hark with
+
+# What the Quick start uses besides the server: espeak-ng to speak a test word, PortAudio for `hark listen`.
+.PHONY: run-deps
+run-deps:  ## Debian packages the Quick start uses (espeak-ng, PortAudio for the microphone)
+	@command -v espeak-ng >/dev/null && /sbin/ldconfig -p | grep -q libportaudio.so.2 || { \
+		echo "installing espeak-ng and libportaudio2 (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng libportaudio2 >/dev/null; }
 
 .PHONY: install
 install: $(SERVE_STAMP)  ## Create .venv with the server and client
@@ -41,17 +61,27 @@ install: $(SERVE_STAMP)  ## Create .venv with the server and client
 dev: $(DEV_STAMP) system-deps  ## Create .venv with training, test and lint tools
 
 .PHONY: run
-run: $(SERVE_STAMP)  ## Serve the bundled model on 127.0.0.1:50051
+run: $(SERVE_STAMP) run-deps  ## Serve the bundled model on 127.0.0.1:50051 (and install what the Quick start uses)
 	$(BIN)/hark serve
 
+# The Node.js client's packages and buf (tests/integration/test_other_languages.py); Debian's Node.js if there is none.
+NODE_STAMP := clients/node/node_modules/.installed
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "installing nodejs and npm (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd clients/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 .PHONY: test
-test: $(DEV_STAMP) system-deps  ## Run the whole test suite
+test: $(DEV_STAMP) system-deps triton-client $(NODE_STAMP)  ## Run the whole test suite
 	$(BIN)/python -m pytest -q
 
 .PHONY: lint
 lint: $(DEV_STAMP)  ## ruff and mypy
-	$(BIN)/ruff check service training tests proto
-	$(BIN)/ruff format --check service training tests proto
+	$(BIN)/ruff check service training tests proto examples
+	$(BIN)/ruff format --check service training tests proto examples
 	$(BIN)/mypy service/hark training/hark_training
 
 .PHONY: bench
@@ -104,4 +134,4 @@ model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the 
 
 .PHONY: clean
 clean:  ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules

@@ -24,6 +24,20 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    websocket_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Port of the WebSocket stream protocol (/v1/stream) and the browser page (/), on host; "
+        "0 picks a free one, -1 = off.",
+    )
+    oip_http_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Port of the Open Inference Protocol (KServe v2) REST routes (/v2/...), on host; "
+        "0 picks a free one, -1 = off. Its gRPC service is always on the gRPC port.",
+    )
 
     # Models
     model_store: Path = Field(REPO_ROOT / "model_store", description="Root of the versioned model store.")
@@ -97,7 +111,7 @@ class Settings(BaseSettings):
     # Metrics, drift and control-set checks
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus /metrics HTTP server binds.")
     metrics_port: int = Field(
-        9100, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
+        9464, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
     )
     drift_window_s: float = Field(
         300.0, gt=0.0, description="Time constant of the live drift statistics (exponentially weighted)."

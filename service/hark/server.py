@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from hark.config import Settings
 from hark.core.model_store import ModelStore, RefreshReport
 from hark.logging import configure_logging, get_logger
+from hark.oip import inference_pb2_grpc
 from hark.security import SecurityError, tls_mode
 from hark.serving.admission import Admission
 from hark.serving.batcher import BatcherPool
@@ -33,6 +34,12 @@ from hark.serving.metrics import HarkMetrics, MetricsServer
 from hark.serving.pipeline import DataPlane
 from hark.transports.grpc.security import TokenAuthInterceptor, server_credentials, server_interceptors
 from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService
+from hark.transports.http_security import server_ssl_context, token_verifier
+from hark.transports.oip.grpc_service import SERVICE_NAME as OIP_SERVICE_NAME
+from hark.transports.oip.grpc_service import InferenceService
+from hark.transports.oip.plane import OipPlane
+from hark.transports.oip.rest import OipRest
+from hark.transports.websocket.server import WebSocketTransport
 from hark.v1 import hark_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "RunningServer", "StartupError", "serve", "start_server"]
@@ -61,6 +68,8 @@ class RunningServer:
     metrics: HarkMetrics
     controller: Controller
     metrics_server: MetricsServer | None = None
+    websocket: WebSocketTransport | None = None  # HARK_WEBSOCKET_PORT
+    oip_rest: OipRest | None = None  # HARK_OIP_HTTP_PORT
     _reload_task: asyncio.Task[None] | None = None
     _control_task: asyncio.Task[None] | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,6 +122,9 @@ class RunningServer:
                     await task
         if not await self.admission.drain(grace):
             log.warning("grace period over; cancelling running calls", calls=self.admission.active_calls)
+        for transport in (self.websocket, self.oip_rest):  # after the drain: their streams have ended
+            if transport is not None:
+                await transport.close()
         # A short tail for calls that are not classification (health watches, reflection); 0 when the
         # grace period is already spent.
         await self.server.stop(min(1.0, grace) if self.admission.active_calls == 0 else 0)
@@ -151,6 +163,8 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     try:  # before any model loads: a security setting that cannot work stops the start at once
         interceptors = server_interceptors(settings, on_refusal=metrics.error)
         credentials = server_credentials(settings)
+        http_ssl = server_ssl_context(settings)
+        http_verifier = token_verifier(settings)
     except SecurityError as e:
         raise StartupError(str(e)) from e
     report = await asyncio.to_thread(store.refresh)
@@ -182,11 +196,17 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     metrics.active_streams.set_function(lambda: admission.active_streams)
     controller = Controller(plane)
     hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    oip = OipPlane(plane, admission)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        InferenceService(oip, metrics, settings.idle_timeout_s), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
 
     target = f"{settings.host}:{settings.port}"
     try:
@@ -219,6 +239,26 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
             ) from e
         metrics_server.start()
     await server.start()
+    websocket, oip_rest = None, None
+    try:
+        if settings.websocket_port >= 0:
+            websocket = WebSocketTransport(plane, admission, http_verifier)
+            await websocket.start(settings.host, settings.websocket_port, http_ssl)
+        if settings.oip_http_port >= 0:
+            oip_rest = OipRest(oip, metrics, http_verifier, settings.auth_exempt_health, settings.max_message_bytes)
+            await oip_rest.start(settings.host, settings.oip_http_port, http_ssl)
+    except OSError as e:
+        for transport in (websocket, oip_rest):
+            if transport is not None:
+                await transport.close()
+        await server.stop(0)
+        await pool.close()
+        if metrics_server is not None:
+            metrics_server.stop()
+        raise StartupError(
+            f"cannot serve the WebSocket or OIP REST port on {settings.host}: {e} "
+            "(set HARK_WEBSOCKET_PORT / HARK_OIP_HTTP_PORT to a free port, 0 for any, -1 to disable)"
+        ) from e
     running = RunningServer(
         settings=settings,
         server=server,
@@ -233,6 +273,8 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
         metrics=metrics,
         controller=controller,
         metrics_server=metrics_server,
+        websocket=websocket,
+        oip_rest=oip_rest,
     )
     if settings.control_interval_s > 0:
         running._control_task = asyncio.get_running_loop().create_task(
@@ -258,6 +300,8 @@ async def _serve(settings: Settings, reuse_port: bool = False, on_started: Start
         address=running.address,
         models=sorted(running.store.models()),
         metrics=running.metrics_server.url + "/metrics" if running.metrics_server else None,
+        websocket=running.websocket.port if running.websocket else None,
+        oip_http=running.oip_rest.port if running.oip_rest else None,
     )
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()

@@ -113,10 +113,15 @@ class HarkMetrics:
             "hark_batch_size", "Windows per inference batch.", mv, buckets=BATCH_BUCKETS, registry=r
         )
         # Traffic
-        self.active_streams = Gauge("hark_active_streams", "StreamClassify calls in progress.", registry=r)
+        self.active_streams = Gauge(
+            "hark_active_streams",
+            "Streams in progress: StreamClassify calls, WebSocket streams, OIP sequences.",
+            registry=r,
+        )
         self.requests = Counter(
             "hark_requests_total",
-            "Classification calls started, by RPC (StreamClassify, Classify).",
+            "Classification calls started, by RPC or transport "
+            "(StreamClassify, Classify, WebSocketStream, ModelInfer, ModelStreamInfer).",
             ["rpc"],
             registry=r,
         )

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -178,7 +177,6 @@ class DataPlane:
         check_sample_rate(options.sample_rate_hz)
         model = self.store.resolve(options.model, options.version)
         instruments = self.metrics.instruments(model) if observed else None
-        hooks: dict[str, Any] = {"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}
         session = StreamSession(
             model,
             sample_rate=options.sample_rate_hz,
@@ -186,8 +184,9 @@ class DataPlane:
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=options.emit_scores,
-            **hooks,
         )
+        if instruments is not None:
+            session.observe_with(instruments.observe, instruments.audio)
         capture = None
         if observed and self.capture is not None:
             capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)

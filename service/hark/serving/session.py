@@ -167,6 +167,11 @@ class StreamSession:
         self.windows = 0
         self.events = 0
 
+    def observe_with(self, observe: StageObserver, on_audio: AudioObserver) -> None:
+        """Hook in stage timings and decoded-audio statistics (the version's metric instruments)."""
+        self._observe = observe
+        self._on_audio = on_audio
+
     # Audio in ---------------------------------------------------------------------------------------
 
     @property
