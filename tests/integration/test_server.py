@@ -550,6 +550,7 @@ async def test_sigterm_drains_and_exits_zero(tiny_model_store: Path) -> None:
     env.update(
         HARK_MODEL_STORE=str(tiny_model_store),
         HARK_PORT="0",
+        HARK_METRICS_PORT="0",  # whatever else on this machine holds the default port
         HARK_LOG_FORMAT="json",
         HARK_RELOAD_INTERVAL_S="0",
         HARK_SHUTDOWN_GRACE_S="20",
