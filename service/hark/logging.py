@@ -17,13 +17,17 @@ _configured = False
 
 
 class _StderrLogger:
-    """Writes each line to whatever ``sys.stderr`` is *now*, so a swapped stream (pytest) is honoured."""
+    """Writes each line to whatever ``sys.stderr`` is *now*, so a swapped stream (pytest) is honoured.
+
+    One ``write`` per line, newline included: the workers of ``--workers N`` share one stderr, and a line
+    written in two pieces could interleave with another process's line."""
 
     def __init__(self, name: str = "hark") -> None:
         self.name = name
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 

@@ -77,6 +77,7 @@ async def workers(tiny_model_store: Path) -> AsyncIterator[Workers]:
         HARK_RELOAD_INTERVAL_S="0",
         HARK_METRICS_PORT="0",
         HARK_SHUTDOWN_GRACE_S="20",
+        HARK_MAX_CLIP_CALLS="32",  # the tests send 24 Classify calls at once; this limit is tested elsewhere
         PYTHONPATH=os.pathsep.join([str(REPO / "service"), str(REPO)]),
     )
     args = ["serve", "--workers", "2", "--port", "0", "--model-store", str(tiny_model_store)]
