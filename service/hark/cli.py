@@ -708,7 +708,10 @@ def describe_started(s: StreamStarted) -> str:
 
 
 def format_detection(d: Detection) -> str:
-    """``  1.23 s  yes         0.97``: time in the stream's audio, label, score."""
+    """``  1.23 s  yes         0.97``: time in the stream's audio, label, score; an offset (multi-label
+    models) reads ``  1.80 s  snare        end (from 1.23 s)``."""
+    if d.kind == "offset":
+        return f"{d.time_s:6.2f} s  {d.label:<12} end (from {d.onset_s or 0.0:.2f} s)"
     return f"{d.time_s:6.2f} s  {d.label:<12} {d.score:.2f}"
 
 
@@ -720,11 +723,18 @@ def format_scores(h: HopScores, top: int = 3) -> str:
 
 
 def format_classification(path: str, c: Classification) -> str:
+    """``clip.wav  yes  0.97``; when several classes are active (a multi-label model), every one of them."""
+    if len(c.active) > 1:
+        return f"{path}  " + "  ".join(f"{label} {score:.2f}" for label, score in c.active.items())
     return f"{path}  {c.label}  {c.score:.2f}"
 
 
 def detection_json(d: Detection) -> dict[str, Any]:
-    return {"label": d.label, "score": _rounded(d.score), "time_s": _rounded(d.time_s)}
+    """An event as a JSON object; an offset (multi-label models) also says its kind and onset time."""
+    out = {"label": d.label, "score": _rounded(d.score), "time_s": _rounded(d.time_s)}
+    if d.kind != "onset":
+        out |= {"kind": d.kind, "onset_s": _rounded(d.onset_s) if d.onset_s is not None else None}
+    return out
 
 
 def scores_json(h: HopScores) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -99,11 +99,15 @@ class HopScores:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """A debounced event; ``time_s`` is the centre of the triggering window in the stream's audio."""
+    """A debounced event; ``time_s`` is the centre of the triggering window in the stream's audio.
+
+    ``kind`` is ``"onset"`` or, from a multi-label model, ``"offset"`` (``onset_s`` then says when it began)."""
 
     label: str
     score: float
     time_s: float
+    kind: str = "onset"
+    onset_s: float | None = None
 
 
 StreamItem = StreamStarted | HopScores | Detection
@@ -111,13 +115,15 @@ StreamItem = StreamStarted | HopScores | Detection
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """One whole clip's answer: the best label and every class's probability."""
+    """One whole clip's answer: the best label, every class's probability, and the classes active in the clip
+    (strongest first; several for a multi-label model)."""
 
     model: str
     version: int
     label: str
     score: float
     scores: dict[str, float]
+    active: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +298,7 @@ class HarkClient:
             label=response.label,
             score=float(response.score),
             scores={s.label: float(s.score) for s in response.scores},
+            active={s.label: float(s.score) for s in response.active},
         )
 
     def list_models(self) -> list[ModelInfo]:
@@ -333,6 +340,9 @@ class HarkClient:
         realtime: bool = True,
         emit_scores: bool = False,
         timeout: float | None = None,
+        class_thresholds: Mapping[str, float] | None = None,
+        sensitivity: float = 0.0,
+        allowed_classes: Sequence[str] = (),
     ) -> Generator[StreamItem, None, None]:
         """Stream audio and yield what the server answers: one :class:`StreamStarted`, then
         :class:`HopScores` (with ``emit_scores``) and :class:`Detection` events as they come.
@@ -342,6 +352,9 @@ class HarkClient:
         chunks are sent no faster than their audio lasts. After the last chunk the client half-closes
         and keeps yielding until the server ends the call, so the final events are not lost. Closing the
         iterator early (``break``, Ctrl-C) cancels the call.
+
+        ``class_thresholds``, ``sensitivity`` and ``allowed_classes`` change detection for this stream (see
+        ``StreamConfig`` in the proto).
         """
         check_sample_rate(sample_rate)
         config = hark_pb2.StreamConfig(
@@ -350,6 +363,9 @@ class HarkClient:
             sample_rate_hz=sample_rate,
             encoding=_encoding(encoding),
             emit_scores=emit_scores,
+            class_thresholds=dict(class_thresholds or {}),
+            sensitivity=sensitivity,
+            allowed_classes=list(allowed_classes),
         )
         chunks: Iterable[AudioChunk] = (
             split_chunks(audio, sample_rate, chunk_ms) if isinstance(audio, np.ndarray) else audio
@@ -371,7 +387,10 @@ class HarkClient:
                     yield HopScores(w.start_s, w.end_s, _label_scores(labels, w.scores), w.gated)
                 elif kind == "event":
                     e = response.event
-                    yield Detection(e.label, float(e.score), e.time_s)
+                    if e.kind == hark_pb2.Event.OFFSET:
+                        yield Detection(e.label, float(e.score), e.time_s, "offset", e.onset_s)
+                    else:
+                        yield Detection(e.label, float(e.score), e.time_s)
         except grpc.RpcError as e:
             raise HarkError.from_rpc_error(e) from None
         finally:

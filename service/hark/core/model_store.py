@@ -92,7 +92,11 @@ class Manifest(BaseModel):
     hop_frames: int = Field(ge=1)
     input: TensorSpec
     output: TensorSpec
-    output_kind: Literal["logits", "probabilities"] = "logits"
+    # logits: softmax over classes (one class at a time); probabilities: already normalised; sigmoid: one
+    # independent detector per class (multi-label sound events, with onset and offset events).
+    output_kind: Literal["logits", "probabilities", "sigmoid"] = "logits"
+    # Per-class firing thresholds (chosen on validation at export); a class not named uses the server's.
+    thresholds: dict[str, float] = Field(default_factory=dict)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
     reference_stats: FeatureStats | None = None
@@ -107,6 +111,10 @@ class Manifest(BaseModel):
             raise ValueError("labels must be unique")
         if unknown := set(self.background_labels) - set(self.labels):
             raise ValueError(f"background labels {sorted(unknown)} are not labels")
+        if unknown := set(self.thresholds) - set(self.labels):
+            raise ValueError(f"thresholds name {sorted(unknown)}, which are not labels")
+        if bad := {k: v for k, v in self.thresholds.items() if not 0.0 < v <= 1.0}:
+            raise ValueError(f"thresholds must be in (0, 1], got {bad}")
         if self.hop_frames > self.window_frames:
             raise ValueError("hop_frames exceeds window_frames")
         expected_in = [self.window_frames, self.frontend.n_mels]
@@ -219,7 +227,7 @@ def load_version(version_dir: Path, *, intra_op_threads: int = 1, warmup_batch: 
     except Exception as e:  # onnxruntime raises its own exception types for bad files
         raise VerificationError(f"onnxruntime cannot load {model_path}: {e}") from e
     _check_io(session, manifest)
-    runner = ModelRunner(session, manifest.input.name, manifest.output.name, logits=manifest.output_kind == "logits")
+    runner = ModelRunner(session, manifest.input.name, manifest.output.name, kind=manifest.output_kind)
     batch = max(2, warmup_batch)
     warm = np.zeros((batch, manifest.window_frames, manifest.frontend.n_mels), dtype=np.float32)
     try:

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ import numpy.typing as npt
 from hark.config import Settings
 from hark.core.audio import PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
 from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
-from hark.core.postprocess import aggregate_clip
+from hark.core.postprocess import DetectionOverrides, PostprocessConfig, active_classes, aggregate_clip
 from hark.serving.batcher import Batcher, BatcherPool
 from hark.serving.capture import AudioCapture, StreamCapture
 from hark.serving.errors import Refusal
@@ -54,16 +54,20 @@ class StreamOptions:
     sample_rate_hz: int = 16000
     encoding: str = PCM_S16LE
     emit_scores: bool = False
+    detection: DetectionOverrides = field(default_factory=DetectionOverrides)
 
 
 @dataclass(frozen=True)
 class ClipResult:
-    """A whole clip's answer: the model version, the winning label and every class's score."""
+    """A whole clip's answer: the model version, the winning label, every class's score, and the classes
+    active in the clip (each foreground class at or above its threshold; for a single-label model, the
+    winner when it is a foreground class), strongest first."""
 
     model: LoadedModel
     label: str
     score: float
     scores: dict[str, float]
+    active: dict[str, float]
 
 
 class StreamPipeline:
@@ -107,8 +111,11 @@ class StreamPipeline:
         return await self._score(windows, arrived)
 
     async def finish(self) -> list[Scored]:
-        """End of audio: the tail is padded so the last audio is scored too."""
-        return await self._score(self.session.finish(), time.perf_counter())
+        """End of audio: the tail is padded so the last audio is scored too; then the offsets of classes
+        still active (multi-label models) close the stream."""
+        results = await self._score(self.session.finish(), time.perf_counter())
+        closing = self.session.close()
+        return results if closing is None else [*results, closing]
 
     async def _score(self, windows: list[Window], arrived: float) -> list[Scored]:
         if not windows:
@@ -155,6 +162,10 @@ class DataPlane:
         """
         check_sample_rate(options.sample_rate_hz)
         model = self.store.resolve(options.model, options.version)
+        try:
+            options.detection.check(model.manifest.labels)
+        except ValueError as e:
+            raise Refusal("INVALID_ARGUMENT", f"detection settings: {e}") from e
         instruments = self.metrics.instruments(model) if observed else None
         session = StreamSession(
             model,
@@ -163,6 +174,7 @@ class DataPlane:
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=options.emit_scores,
+            detection=options.detection,
             **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
         )
         capture = None
@@ -206,13 +218,18 @@ class DataPlane:
         instruments.audio(samples, rate)
         instruments.clip(nbytes, windows, probabilities)
         m = loaded.manifest
-        scores = aggregate_clip(probabilities, m.labels, m.background_labels)
+        multilabel = m.output_kind == "sigmoid"
+        scores = (
+            probabilities.max(axis=0) if multilabel else aggregate_clip(probabilities, m.labels, m.background_labels)
+        )
         best = int(scores.argmax())
+        config = PostprocessConfig.from_settings(self.settings, m)
         return ClipResult(
             model=loaded,
             label=m.labels[best],
             score=float(scores[best]),
             scores={label: float(s) for label, s in zip(m.labels, scores, strict=True)},
+            active=active_classes(scores, config) if multilabel else active_classes(scores, config, only_best=True),
         )
 
     def models(self) -> dict[str, dict[int, LoadedModel]]:

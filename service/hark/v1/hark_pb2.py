@@ -24,45 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hark/v1/hark.proto\x12\x07hark.v1\"\x85\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x13\n\x0b\x65mit_scores\x18\x05 \x01(\x08\"\x19\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\"i\n\rStreamRequest\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.hark.v1.StreamConfigH\x00\x12$\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x13.hark.v1.AudioChunkH\x00\x42\t\n\x07request\"`\n\rStreamStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\"M\n\x0cWindowScores\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05gated\x18\x04 \x01(\x08\"5\n\x05\x45vent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\"\x91\x01\n\x0eStreamResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.hark.v1.StreamStartedH\x00\x12\'\n\x06scores\x18\x02 \x01(\x0b\x32\x15.hark.v1.WindowScoresH\x00\x12\x1f\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x0e.hark.v1.EventH\x00\x42\n\n\x08response\"\x80\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x0b\n\x03pcm\x18\x05 \x01(\x0c\"*\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"u\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12#\n\x06scores\x18\x05 \x03(\x0b\x32\x13.hark.v1.ClassScore\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.hark.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa3\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\x12\x16\n\x0esample_rate_hz\x18\x06 \x01(\x05\x12\x15\n\rtest_accuracy\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\"[\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\r\x12\'\n\x08versions\x18\x03 \x03(\x0b\x32\x15.hark.v1.ModelVersion*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tPCM_F32LE\x10\x02\x32\x95\x02\n\nClassifier\x12\x45\n\x0eStreamClassify\x12\x16.hark.v1.StreamRequest\x1a\x17.hark.v1.StreamResponse(\x01\x30\x01\x12?\n\x08\x43lassify\x12\x18.hark.v1.ClassifyRequest\x1a\x19.hark.v1.ClassifyResponse\x12\x45\n\nListModels\x12\x1a.hark.v1.ListModelsRequest\x1a\x1b.hark.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.hark.v1.GetModelRequest\x1a\x12.hark.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hark/v1/hark.proto\x12\x07hark.v1\"\xb1\x02\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x13\n\x0b\x65mit_scores\x18\x05 \x01(\x08\x12\x44\n\x10\x63lass_thresholds\x18\x07 \x03(\x0b\x32*.hark.v1.StreamConfig.ClassThresholdsEntry\x12\x13\n\x0bsensitivity\x18\x08 \x01(\x02\x12\x17\n\x0f\x61llowed_classes\x18\t \x03(\t\x1a\x36\n\x14\x43lassThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x19\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\"i\n\rStreamRequest\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.hark.v1.StreamConfigH\x00\x12$\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x13.hark.v1.AudioChunkH\x00\x42\t\n\x07request\"`\n\rStreamStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\"M\n\x0cWindowScores\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05gated\x18\x04 \x01(\x08\"\x88\x01\n\x05\x45vent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\x12!\n\x04kind\x18\x04 \x01(\x0e\x32\x13.hark.v1.Event.Kind\x12\x0f\n\x07onset_s\x18\x05 \x01(\x01\"\x1d\n\x04Kind\x12\t\n\x05ONSET\x10\x00\x12\n\n\x06OFFSET\x10\x01\"\x91\x01\n\x0eStreamResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.hark.v1.StreamStartedH\x00\x12\'\n\x06scores\x18\x02 \x01(\x0b\x32\x15.hark.v1.WindowScoresH\x00\x12\x1f\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x0e.hark.v1.EventH\x00\x42\n\n\x08response\"\x80\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x0b\n\x03pcm\x18\x05 \x01(\x0c\"*\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x9a\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12#\n\x06scores\x18\x05 \x03(\x0b\x32\x13.hark.v1.ClassScore\x12#\n\x06\x61\x63tive\x18\x06 \x03(\x0b\x32\x13.hark.v1.ClassScore\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.hark.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa3\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\x12\x16\n\x0esample_rate_hz\x18\x06 \x01(\x05\x12\x15\n\rtest_accuracy\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\"[\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\r\x12\'\n\x08versions\x18\x03 \x03(\x0b\x32\x15.hark.v1.ModelVersion*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tPCM_F32LE\x10\x02\x32\x95\x02\n\nClassifier\x12\x45\n\x0eStreamClassify\x12\x16.hark.v1.StreamRequest\x1a\x17.hark.v1.StreamResponse(\x01\x30\x01\x12?\n\x08\x43lassify\x12\x18.hark.v1.ClassifyRequest\x1a\x19.hark.v1.ClassifyResponse\x12\x45\n\nListModels\x12\x1a.hark.v1.ListModelsRequest\x1a\x1b.hark.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.hark.v1.GetModelRequest\x1a\x12.hark.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hark.v1.hark_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=1346
-  _globals['_AUDIOENCODING']._serialized_end=1423
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._loaded_options = None
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._serialized_options = b'8\001'
+  _globals['_AUDIOENCODING']._serialized_start=1640
+  _globals['_AUDIOENCODING']._serialized_end=1717
   _globals['_STREAMCONFIG']._serialized_start=32
-  _globals['_STREAMCONFIG']._serialized_end=165
-  _globals['_AUDIOCHUNK']._serialized_start=167
-  _globals['_AUDIOCHUNK']._serialized_end=192
-  _globals['_STREAMREQUEST']._serialized_start=194
-  _globals['_STREAMREQUEST']._serialized_end=299
-  _globals['_STREAMSTARTED']._serialized_start=301
-  _globals['_STREAMSTARTED']._serialized_end=397
-  _globals['_WINDOWSCORES']._serialized_start=399
-  _globals['_WINDOWSCORES']._serialized_end=476
-  _globals['_EVENT']._serialized_start=478
-  _globals['_EVENT']._serialized_end=531
-  _globals['_STREAMRESPONSE']._serialized_start=534
-  _globals['_STREAMRESPONSE']._serialized_end=679
-  _globals['_CLASSIFYREQUEST']._serialized_start=682
-  _globals['_CLASSIFYREQUEST']._serialized_end=810
-  _globals['_CLASSSCORE']._serialized_start=812
-  _globals['_CLASSSCORE']._serialized_end=854
-  _globals['_CLASSIFYRESPONSE']._serialized_start=856
-  _globals['_CLASSIFYRESPONSE']._serialized_end=973
-  _globals['_LISTMODELSREQUEST']._serialized_start=975
-  _globals['_LISTMODELSREQUEST']._serialized_end=994
-  _globals['_LISTMODELSRESPONSE']._serialized_start=996
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1052
-  _globals['_GETMODELREQUEST']._serialized_start=1054
-  _globals['_GETMODELREQUEST']._serialized_end=1085
-  _globals['_MODELVERSION']._serialized_start=1088
-  _globals['_MODELVERSION']._serialized_end=1251
-  _globals['_MODELINFO']._serialized_start=1253
-  _globals['_MODELINFO']._serialized_end=1344
-  _globals['_CLASSIFIER']._serialized_start=1426
-  _globals['_CLASSIFIER']._serialized_end=1703
+  _globals['_STREAMCONFIG']._serialized_end=337
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._serialized_start=283
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._serialized_end=337
+  _globals['_AUDIOCHUNK']._serialized_start=339
+  _globals['_AUDIOCHUNK']._serialized_end=364
+  _globals['_STREAMREQUEST']._serialized_start=366
+  _globals['_STREAMREQUEST']._serialized_end=471
+  _globals['_STREAMSTARTED']._serialized_start=473
+  _globals['_STREAMSTARTED']._serialized_end=569
+  _globals['_WINDOWSCORES']._serialized_start=571
+  _globals['_WINDOWSCORES']._serialized_end=648
+  _globals['_EVENT']._serialized_start=651
+  _globals['_EVENT']._serialized_end=787
+  _globals['_EVENT_KIND']._serialized_start=758
+  _globals['_EVENT_KIND']._serialized_end=787
+  _globals['_STREAMRESPONSE']._serialized_start=790
+  _globals['_STREAMRESPONSE']._serialized_end=935
+  _globals['_CLASSIFYREQUEST']._serialized_start=938
+  _globals['_CLASSIFYREQUEST']._serialized_end=1066
+  _globals['_CLASSSCORE']._serialized_start=1068
+  _globals['_CLASSSCORE']._serialized_end=1110
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1113
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1267
+  _globals['_LISTMODELSREQUEST']._serialized_start=1269
+  _globals['_LISTMODELSREQUEST']._serialized_end=1288
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1290
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1346
+  _globals['_GETMODELREQUEST']._serialized_start=1348
+  _globals['_GETMODELREQUEST']._serialized_end=1379
+  _globals['_MODELVERSION']._serialized_start=1382
+  _globals['_MODELVERSION']._serialized_end=1545
+  _globals['_MODELINFO']._serialized_start=1547
+  _globals['_MODELINFO']._serialized_end=1638
+  _globals['_CLASSIFIER']._serialized_start=1720
+  _globals['_CLASSIFIER']._serialized_end=1997
 # @@protoc_insertion_point(module_scope)
