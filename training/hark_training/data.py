@@ -627,9 +627,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``hark data build`` and ``hark data stats`` (entry point group ``hark.commands``)."""
-    data = subparsers.add_parser("data", help="build and inspect the keyword data set")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,stats}")
+    """Register ``hark data build``, ``hark data import`` and ``hark data stats`` (entry point ``hark.commands``)."""
+    from hark_training.importer import add_import_command
+
+    data = subparsers.add_parser("data", help="build, import and inspect data sets")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,import,stats}")
+    add_import_command(commands)
 
     build = commands.add_parser(
         "build",

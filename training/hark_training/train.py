@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -481,8 +482,9 @@ def single_label_classes(manifest: Path, command: str) -> tuple[str, ...]:
 
 def default_recipe(manifest: Path, dataset: DataSet) -> TrainConfig:
     """A sensible recipe for a data set nobody has tuned for: the window is the data's clip length (median,
-    between 0.5 and 4 s), the hop a tenth of it, a small DS-CNN for 30 epochs with early stopping, and the
-    loss that fits the targets (``bce`` without label smoothing for multi-label data, ``ce`` otherwise)."""
+    between 0.5 and 4 s), the hop a tenth of it; a small DS-CNN, batches of a tenth of the training clips
+    (8 to 64) for about 400 steps (20 to 60 epochs) with early stopping after 10 epochs without progress;
+    the loss that fits the targets (``bce`` without label smoothing for multi-label data, ``ce`` otherwise)."""
     import soundfile as sf
 
     from hark_training import data
@@ -492,11 +494,15 @@ def default_recipe(manifest: Path, dataset: DataSet) -> TrainConfig:
     seconds = sorted(sf.info(str(r.path)).duration for r in train_rows) or [1.0]
     clip_s = min(4.0, max(0.5, seconds[len(seconds) // 2]))
     window_frames = frontend.n_frames(round(clip_s * frontend.sample_rate))
+    n_train = sum(1 for r in data.read_manifest(manifest) if r.split == "train")
+    batch_size = int(np.clip(n_train // 10, 8, 64))  # a small data set still gets several steps an epoch
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     fields: dict[str, Any] = {
-        "name": manifest.resolve().parent.name or "model",
+        "name": re.sub(r"[^a-z0-9_-]+", "-", manifest.resolve().parent.name.lower()).strip("-_") or "model",
         "data": manifest,
-        "epochs": 30,
-        "patience": 8,
+        "epochs": int(np.clip(math.ceil(400 / steps_per_epoch), 20, 60)),  # about 400 steps or more
+        "batch_size": batch_size,
+        "patience": 10,
         "window_frames": window_frames,
         "hop_frames": max(1, window_frames // 10),
     }
@@ -571,8 +577,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.config is None:
-        print(f"no --config: the default recipe for this data set (saved as {config.run_dir / CONFIG_FILE}):")
-        print(config_to_json(config), end="")
+        print(
+            f"no --config: the default recipe for this data set, saved as {config.run_dir / CONFIG_FILE}: "
+            f"arch {config.arch}, loss {config.loss}, {config.epochs} epochs (patience {config.patience}), "
+            f"batch {config.batch_size}, lr {config.lr:g}, window {config.window_frames} frames, "
+            f"hop {config.hop_frames} frames"
+        )
     kind = "multi-label" if dataset.multilabel else "single-label"
     print(f"{len(dataset.labels)} classes ({kind}): {', '.join(dataset.labels)}")
     started = time.perf_counter()
