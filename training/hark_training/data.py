@@ -628,11 +628,13 @@ def _non_negative_int(text: str) -> int:
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hark data build``, ``hark data import`` and ``hark data stats`` (entry point ``hark.commands``)."""
+    from hark_training.drums import add_drums_command
     from hark_training.importer import add_import_command
 
     data = subparsers.add_parser("data", help="build, import and inspect data sets")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,import,stats}")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,import,drums,stats}")
     add_import_command(commands)
+    add_drums_command(commands)
 
     build = commands.add_parser(
         "build",

@@ -350,7 +350,8 @@ def import_data(
             + ("\n" + "\n".join(report.problems) if report.problems else "")
         )
     split_of = assign_splits(groups_of, seed)
-    empty_groups = {c.source.group for c in clips if not c.source.labels}
+    # Clips with no class (multi-label background) split by their own groups, unless a group is placed already.
+    empty_groups = {c.source.group for c in clips if not c.source.labels} - set(split_of)
     split_of |= assign_splits({"": empty_groups}, seed) if len(empty_groups) >= 3 else {}
     rows: list[dict[str, str]] = []
     out.mkdir(parents=True, exist_ok=True)

@@ -482,8 +482,9 @@ def single_label_classes(manifest: Path, command: str) -> tuple[str, ...]:
 
 def default_recipe(manifest: Path, dataset: DataSet) -> TrainConfig:
     """A sensible recipe for a data set nobody has tuned for: the window is the data's clip length (median,
-    between 0.5 and 4 s), the hop a tenth of it; a small DS-CNN, batches of a tenth of the training clips
-    (8 to 64) for about 400 steps (20 to 60 epochs) with early stopping after 10 epochs without progress;
+    between 0.5 and 4 s), the hop a tenth of it; a small DS-CNN without per-window normalisation, batches of
+    a tenth of the training clips (8 to 64) for about 400 steps (20 to 60 epochs),
+    stopping early after 10 epochs without progress;
     the loss that fits the targets (``bce`` without label smoothing for multi-label data, ``ce`` otherwise)."""
     import soundfile as sf
 
@@ -500,6 +501,9 @@ def default_recipe(manifest: Path, dataset: DataSet) -> TrainConfig:
     fields: dict[str, Any] = {
         "name": re.sub(r"[^a-z0-9_-]+", "-", manifest.resolve().parent.name.lower()).strip("-_") or "model",
         "data": manifest,
+        # No per-window normalisation: in sounds other than speech, the level (a noise vs the room, a soft vs
+        # a hard hit) and steady spectra (a tone) are what tells classes apart.
+        "arch_options": {"norm": "none"},
         "epochs": int(np.clip(math.ceil(400 / steps_per_epoch), 20, 60)),  # about 400 steps or more
         "batch_size": batch_size,
         "patience": 10,
