@@ -51,7 +51,7 @@ async def test_a_folder_per_class_becomes_a_served_model(tmp_path: Path, start_h
 
     assert cli.main(["data", "import", str(src), "--out", str(data)]) == 0
     assert (
-        cli.main(["train", "--data", str(data / "manifest.csv"), "--out", str(run), "--epochs", "12", "--quiet"]) == 0
+        cli.main(["train", "--data", str(data / "manifest.csv"), "--out", str(run), "--epochs", "30", "--quiet"]) == 0
     )
     assert cli.main(["export", str(run), "--store", str(store), "--name", "mine", "--quiet"]) == 0
 
@@ -72,7 +72,7 @@ async def test_a_folder_per_class_becomes_a_served_model(tmp_path: Path, start_h
     rng = np.random.default_rng(123)  # sounds the model never heard, in a stream with room noise between
     parts = [room(1.0, rng)]
     for kind in ("chirp", "clicks"):
-        parts += [sound(kind, 0.8, rng) + room(0.8, rng), room(1.5, rng)]
+        parts += [sound(kind, 0.6, rng) + room(0.6, rng), room(1.5, rng)]
     events = await _events(hark, np.concatenate(parts), "mine")
     assert [e.label for e in events] == ["chirp", "clicks"]
     assert all(e.kind == hark_pb2.Event.ONSET for e in events)

@@ -14,6 +14,7 @@ Event-level figures (onsets and offsets in streams, PSDS) are in :mod:`hark_trai
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,7 +72,8 @@ def choose_thresholds(
         allowed = int(np.floor(target_fpr * negatives.size))  # this many negatives may reach the threshold
         # Just above the (allowed+1)-th highest negative score: at most `allowed` negatives fire.
         edge = float(negatives[allowed]) if allowed < negatives.size else 0.0
-        out[label] = round(float(np.clip(np.nextafter(edge, 1.0), low, high)), DIGITS)
+        # Rounded up to DIGITS places, so rounding never lets the edge negative back in.
+        out[label] = float(np.clip(math.ceil(np.nextafter(edge, 1.0) * 10**DIGITS) / 10**DIGITS, low, high))
     return out
 
 
