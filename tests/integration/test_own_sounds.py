@@ -8,13 +8,16 @@ classes with room to spare, not what a real data set would give.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from hark import cli
 from hark.core.audio import encode_pcm, read_audio
 from hark.core.model_store import ModelStore
+from hark.core.model_store import read_manifest as read_version_manifest
 from hark.v1 import hark_pb2
 from hark_training.data import read_manifest
 from tests.fixtures_sounds import SR, room, sound, write_class_folders, write_multilabel_csv
@@ -129,3 +132,19 @@ async def test_a_multilabel_csv_gives_onsets_and_offsets(tmp_path: Path, start_h
     # Per-stream settings: only buzz may fire.
     only_buzz = await _events(hark, stream, "events", allowed_classes=["buzz"])
     assert {e.label for e in only_buzz} == {"buzz"}
+
+    # Event-level evaluation of the version as served: sed_eval's F1 and PSDS on annotated recordings.
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    rows = ["filename,event_label,onset,offset"]
+    for i in range(3):
+        sf.write(scenes / f"{i}.wav", stream, SR, subtype="PCM_16")
+        rows += [f"{i}.wav,tone,1.0,3.0", f"{i}.wav,buzz,2.0,4.0"]
+    (scenes / "events.csv").write_text("\n".join(rows) + "\n")
+    assert cli.main(["eval", str(store / "events" / "1"), "--events", str(scenes)]) == 0
+    report = json.loads((store / "events" / "1" / "event_metrics.json").read_text())
+    assert report["reference_events"] == 6
+    assert report["event_f1_onset"]["f1"] >= 0.5 and report["segment_f1_1s"]["f1"] >= 0.8
+    assert 0.0 <= report["psds1"] <= 1.0
+    assert ModelStore(store).refresh() is not None  # the version still verifies with its figures added
+    assert read_version_manifest(store / "events" / "1").metrics["events"]["psds1"] == report["psds1"]

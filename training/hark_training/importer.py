@@ -198,7 +198,7 @@ def to_clips(samples: FloatArray, clip_samples: int) -> list[tuple[int, FloatArr
     if samples.size <= 1.5 * clip_samples:
         start = (samples.size - clip_samples) // 2
         return [(start, samples[start : start + clip_samples])]
-    pieces = []
+    pieces: list[tuple[int, FloatArray]] = []
     for start in range(0, samples.size, clip_samples):
         piece = samples[start : start + clip_samples]
         if piece.size < clip_samples // 10 and pieces:
@@ -312,15 +312,16 @@ def import_data(
     for copies in by_digest.values():
         if len(copies) < 2:
             continue
-        if len({c.labels for c in copies}) > 1:
-            names = ", ".join(f"{c.shown} ({LABEL_SEPARATOR.join(c.labels) or 'no class'})" for c in copies)
-            for c in copies:
-                report.skip(c.shown, "same content under two classes", f"same audio as another class: {names}")
-                dropped.add(id(c))
+        if len({copy.labels for copy in copies}) > 1:
+            names = ", ".join(f"{copy.shown} ({LABEL_SEPARATOR.join(copy.labels) or 'no class'})" for copy in copies)
+            for copy in copies:
+                report.skip(copy.shown, "same content under two classes", f"same audio as another class: {names}")
+                dropped.add(id(copy))
         else:
-            for c in copies[1:]:
-                report.skip(c.shown, "duplicate in its class", f"same audio as {copies[0].shown}; the copy is skipped")
-                dropped.add(id(c))
+            for copy in copies[1:]:
+                message = f"same audio as {copies[0].shown}; the copy is skipped"
+                report.skip(copy.shown, "duplicate in its class", message)
+                dropped.add(id(copy))
     clips = [c for c in clips if id(c.source) not in dropped]
 
     # Classes need groups in all three splits; a class with fewer groups is skipped whole, with its files.

@@ -99,8 +99,9 @@ def multilabel_report(
         tp = int((predicted[:, k] & truth[:, k]).sum())
         fp = int((predicted[:, k] & ~truth[:, k]).sum())
         fn = int((~predicted[:, k] & truth[:, k]).sum())
+        ap = aps[k]
         per_class[label] = {
-            "average_precision": None if aps[k] is None else round(aps[k], DIGITS),
+            "average_precision": None if ap is None else round(ap, DIGITS),
             "threshold": round(float(t[k]), DIGITS),
             "precision": round(tp / (tp + fp), DIGITS) if tp + fp else 0.0,
             "recall": round(tp / (tp + fn), DIGITS) if tp + fn else 0.0,

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -167,6 +168,7 @@ class DataPlane:
         except ValueError as e:
             raise Refusal("INVALID_ARGUMENT", f"detection settings: {e}") from e
         instruments = self.metrics.instruments(model) if observed else None
+        hooks: dict[str, Any] = {"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}
         session = StreamSession(
             model,
             sample_rate=options.sample_rate_hz,
@@ -175,7 +177,7 @@ class DataPlane:
             stream_id=stream_id,
             emit_scores=options.emit_scores,
             detection=options.detection,
-            **({"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}),
+            **hooks,
         )
         capture = None
         if observed and self.capture is not None:
