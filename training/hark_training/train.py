@@ -182,6 +182,14 @@ def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
+@torch.no_grad()
+def validation_loss(loss_fn: nn.Module, logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    """The training loss on val (NaN for an empty val split)."""
+    if not len(y):
+        return math.nan
+    return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y)))
+
+
 def selection_score(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
     """What picks the best epoch on val: accuracy, or for multi-label data mAP (mean per-class average
     precision, threshold-free, so the thresholds chosen at export do not bias which epoch is kept)."""
@@ -357,7 +365,7 @@ def train(
     loss_fn = build_loss(config, labels, multilabel)
     sampler = build_sampler(config.sampler, train_set.y, gen)
 
-    best_acc, best_epoch = -1.0, 0
+    best_acc, best_epoch, best_loss = -1.0, 0, math.inf
     val_history: list[float] = []
     metrics_path = run_dir / METRICS_FILE
     metrics_path.write_text("")
@@ -387,8 +395,12 @@ def train(
         if progress:
             what = "val mAP" if multilabel else "val acc"
             tqdm.write(f"{desc}: loss {loss:.4f}  train acc {train_acc:.4f}  {what} {val_acc:.4f}", file=sys.stderr)
-        if val_acc > best_acc or math.isnan(val_acc) or config.keep == "last":
-            best_acc, best_epoch = val_acc, epoch
+        # A tie on the val score goes to the lower val loss: a small val set saturates its accuracy early, and
+        # the first epoch to reach it is rarely the most confident one.
+        val_loss = validation_loss(loss_fn, val_logits, val_set.y)
+        tie = val_acc == best_acc and val_loss < best_loss
+        if val_acc > best_acc or tie or math.isnan(val_acc) or config.keep == "last":
+            best_acc, best_epoch, best_loss = val_acc, epoch, val_loss
             save_checkpoint(run_dir / CHECKPOINT_FILE, model, config, labels, frontend.n_mels, multilabel)
         if on_epoch is not None:
             on_epoch(row)
