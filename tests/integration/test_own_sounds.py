@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from hark import cli
@@ -24,9 +26,11 @@ from tests.fixtures_sounds import SR, room, sound, write_class_folders, write_mu
 from tests.integration.conftest import Hark, StartHark
 
 CLASSES = ["warble", "chirp", "clicks"]
+# Each test trains a model: about a minute alone on two cores, several when the machine is busy.
+pytestmark = pytest.mark.timeout(900)
 
 
-def _requests(samples: np.ndarray, model: str, **detection: object) -> list[hark_pb2.StreamRequest]:
+def _requests(samples: np.ndarray, model: str, **detection: Any) -> list[hark_pb2.StreamRequest]:
     config = hark_pb2.StreamConfig(model=model, sample_rate_hz=SR, encoding=hark_pb2.PCM_S16LE, **detection)
     step = SR // 10
     chunks = [encode_pcm(samples[i : i + step].astype(np.float32)) for i in range(0, samples.size, step)]
@@ -35,7 +39,7 @@ def _requests(samples: np.ndarray, model: str, **detection: object) -> list[hark
     ]
 
 
-async def _events(hark: Hark, samples: np.ndarray, model: str, **detection: object) -> list[hark_pb2.Event]:
+async def _events(hark: Hark, samples: np.ndarray, model: str, **detection: Any) -> list[hark_pb2.Event]:
     call = hark.stub.StreamClassify(iter(_requests(samples, model, **detection)))
     return [r.event async for r in call if r.WhichOneof("response") == "event"]
 
