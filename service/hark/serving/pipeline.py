@@ -32,7 +32,7 @@ import numpy.typing as npt
 from hark.config import Settings
 from hark.core.audio import PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
 from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
-from hark.core.postprocess import DetectionOverrides, PostprocessConfig, active_classes, aggregate_clip
+from hark.core.postprocess import ONSET, DetectionOverrides, PostprocessConfig, active_classes, aggregate_clip
 from hark.serving.batcher import Batcher, BatcherPool
 from hark.serving.capture import AudioCapture, StreamCapture
 from hark.serving.errors import Refusal
@@ -129,7 +129,9 @@ class StreamPipeline:
             scored = self.session.score(window, p)
             results.append(scored)
             if self.instruments is not None:
-                self.instruments.window(window.features, p, (e.label for e in scored.events), arrived)
+                self.instruments.window(
+                    window.features, p, (e.label for e in scored.events if e.kind == ONSET), arrived
+                )
         return results
 
 
