@@ -251,6 +251,24 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="audio per chunk in milliseconds (default: %(default)s)",
     )
     stream.add_argument("--scores", action="store_true", help="also print the smoothed class scores of every hop")
+    stream.add_argument(
+        "--class-threshold",
+        action="append",
+        type=_class_threshold,
+        default=[],
+        metavar="CLASS=T",
+        help="this stream's threshold for CLASS, in (0, 1]; repeat for several classes",
+    )
+    stream.add_argument(
+        "--sensitivity",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="in [-1, 1]: every threshold t becomes t^(2^S); above 0 more events (default: %(default)s)",
+    )
+    stream.add_argument(
+        "--allow", action="append", default=[], metavar="CLASS", help="only CLASS may raise events; repeatable"
+    )
     stream.set_defaults(func=cmd_stream)
 
     classify = commands.add_parser(
@@ -489,6 +507,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 chunk_ms=args.chunk_ms,
                 realtime=not args.fast,
                 emit_scores=args.scores,
+                class_thresholds=dict(args.class_threshold),
+                sensitivity=args.sensitivity,
+                allowed_classes=args.allow,
             ):
                 if isinstance(item, StreamStarted):
                     _info(f"streaming {args.path} ({duration_s:.2f} s) {pace} to {describe_started(item)}")
@@ -705,6 +726,18 @@ def _rounded(x: float, digits: int = 6) -> float | None:
 def describe_started(s: StreamStarted) -> str:
     labels = ", ".join(s.labels)
     return f"{s.model} v{s.version} (window {s.window_s:.2f} s, hop {s.hop_s:.2f} s; labels: {labels})"
+
+
+def _class_threshold(text: str) -> tuple[str, float]:
+    """``snare=0.4`` -> ``("snare", 0.4)``, for ``hark stream --class-threshold``."""
+    label, sep, value = text.partition("=")
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not sep or not label or not 0.0 < threshold <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected CLASS=T with T in (0, 1], got {text!r}")
+    return label, threshold
 
 
 def format_detection(d: Detection) -> str:
