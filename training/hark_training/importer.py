@@ -90,7 +90,9 @@ class Report:
         self.problems.append(f"{shown}: {message}")
         self.skipped[reason] += 1
 
-    def summary(self, classes: Sequence[str], counts: Counter[tuple[str, str]], background: int) -> str:
+    def summary(
+        self, classes: Sequence[str], counts: Counter[tuple[str, str]], background: int, background_label: str
+    ) -> str:
         lines = [
             f"{self.found} files found: {self.imported} imported as {self.clips} clips, "
             f"{sum(self.skipped.values())} skipped"
@@ -98,7 +100,7 @@ class Report:
         lines += [f"  skipped, {reason}: {n}" for reason, n in sorted(self.skipped.items())]
         lines += [f"  converted, {what}: {n}" for what, n in sorted(self.converted.items())]
         if background:
-            lines.append(f"  generated background clips ({BACKGROUND or 'no label'}): {background}")
+            lines.append(f"  generated background clips ({background_label or 'no class'}): {background}")
         width = max([len(c) for c in classes] + [5]) + 2
         lines.append(f"{'class':<{width}}" + "".join(f"{s:>8}" for s in SPLITS))
         for c in classes:
@@ -397,7 +399,7 @@ def import_data(
     manifest = out / MANIFEST_NAME
     _write(rows, manifest)
     shown = list(classes) + (["(none)"] if any(not r["label"] for r in rows) else [])
-    return manifest, report, report.summary(shown, counts, n_background)
+    return manifest, report, report.summary(shown, counts, n_background, "" if multilabel else BACKGROUND)
 
 
 def _row(path: str, label: str, split: str, group: str, original: str, offset_s: float, note: str) -> dict[str, str]:
