@@ -136,18 +136,40 @@ def psds(
 ) -> float:
     """PSDS (scenario 1) over operating points at each of ``thresholds`` for every class."""
     import pandas as pd
-    from psds_eval import PSDSEval
 
     gt = pd.DataFrame(list(reference), columns=["filename", "event_label", "onset", "offset"])
     meta = pd.DataFrame([{"filename": k, "duration": s.duration_s} for k, s in scored.items()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        evaluator = PSDSEval(dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=0.3, ground_truth=gt, metadata=meta)
+        evaluator = psds_evaluator()(
+            dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=0.3, ground_truth=gt, metadata=meta
+        )
         for t in thresholds:
             config = replace(base, thresholds=(t,) * len(base.labels))
             rows = [{**e, "filename": name} for name, s in scored.items() for e in detect(s, config)]
             evaluator.add_operating_point(pd.DataFrame(rows, columns=["filename", "event_label", "onset", "offset"]))
         return round(float(evaluator.psds(alpha_ct=0.0, alpha_st=0.0, max_efpr=100).value), DIGITS)
+
+
+def psds_evaluator() -> Any:
+    """``psds_eval.PSDSEval`` with its area computation made to work under numpy 2.
+
+    psds_eval 0.5.3 (the last release) converts a 2-D ``np.argwhere`` to ``int`` when ``max_efpr`` is not one
+    of the curve's points, which numpy 2 refuses; the override adds that point first (with the curve's value
+    just before it, as the original does), so the original never takes that branch.
+    """
+    from psds_eval import PSDSEval
+
+    class Patched(PSDSEval):  # type: ignore[misc]
+        @staticmethod
+        def _auc(x: Any, y: Any, max_x: float | None = None, decreasing_y: bool = False) -> Any:
+            if max_x is not None and max_x not in x:
+                i = int(np.searchsorted(x, max_x))
+                x = np.concatenate([x[:i], [max_x], x[i:]])
+                y = np.concatenate([y[:i], [y[i - 1] if i else 0.0], y[i:]])
+            return PSDSEval._auc(x, y, max_x, decreasing_y)
+
+    return Patched
 
 
 def evaluate_events(loaded: LoadedModel, folder: Path, settings: Settings | None = None) -> dict[str, Any]:
