@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hark.core.postprocess import PostprocessConfig
-from hark_training.sed import Scored, detect, psds, sed_eval_metrics
+from hark_training.sed import Scored, detect, merge_overlaps, psds, sed_eval_metrics
 
 LABELS = ("kick", "snare")
 
@@ -50,3 +50,17 @@ def test_perfect_detection_scores_perfectly_and_misses_cost() -> None:
     poor = psds(reference, {"a.wav": scored([*TRUTH[:2], ("kick", 8.0, 8.5)])}, CONFIG)
     assert 0.0 <= poor < good <= 1.0
     assert good == pytest.approx(1.0, abs=0.05)
+
+
+def test_overlapping_events_of_a_class_are_merged_for_psds() -> None:
+    events = [
+        {"filename": "a.wav", "event_label": "kick", "onset": 0.2, "offset": 0.5},
+        {"filename": "a.wav", "event_label": "kick", "onset": 0.4, "offset": 0.6},
+        {"filename": "a.wav", "event_label": "snare", "onset": 0.4, "offset": 0.6},
+        {"filename": "b.wav", "event_label": "kick", "onset": 0.45, "offset": 0.6},
+    ]
+    assert [(e["filename"], e["event_label"], e["onset"], e["offset"]) for e in merge_overlaps(events)] == [
+        ("a.wav", "kick", 0.2, 0.6),
+        ("a.wav", "snare", 0.4, 0.6),
+        ("b.wav", "kick", 0.45, 0.6),
+    ]
