@@ -363,9 +363,9 @@ def import_data(
     for c in clips:
         split = split_of.get(c.source.group, "train")
         folder = c.source.labels[0] if len(c.source.labels) == 1 else ("_mixed_" if c.source.labels else "_none_")
-        name = f"{folder}/{Path(c.source.path).stem[:40]}-{c.digest}-{c.piece}.wav"
+        name = f"{folder}/{Path(c.source.path).stem[:40]}-{c.digest}-{clip_samples}-{c.piece}.wav"
         target = out / name
-        if not target.is_file():  # the cache: the name is the content's hash and piece
+        if not target.is_file():  # the cache: the name is the content hash, the clip length and the piece
             target.parent.mkdir(parents=True, exist_ok=True)
             sf.write(target, to_int16(c.audio.astype(np.float64)), SAMPLE_RATE, subtype="PCM_16")
         label = LABEL_SEPARATOR.join(c.source.labels)
