@@ -44,15 +44,17 @@ ENV PATH=/opt/hark/bin:$PATH \
     HARK_HOST=0.0.0.0 \
     HARK_PORT=50051 \
     HARK_METRICS_HOST=0.0.0.0 \
-    HARK_METRICS_PORT=9100 \
+    HARK_METRICS_PORT=9464 \
+    HARK_WEBSOCKET_PORT=8765 \
+    HARK_OIP_HTTP_PORT=8000 \
     HARK_MODEL_STORE=/app/model_store \
     HARK_LOG_FORMAT=json
 
 WORKDIR /app
 USER 10001:10001
 
-# 50051: gRPC (Classifier, health, reflection). 9100: Prometheus metrics.
-EXPOSE 50051 9100
+# 50051: gRPC (Classifier, health, reflection). 9464: Prometheus metrics.
+EXPOSE 50051 9464 8765 8000
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/bin/sh", "-c", "exec hark health --server \"127.0.0.1:${HARK_PORT}\" --timeout 3"]

@@ -1,5 +1,6 @@
 # Hark: every set-up step lives here, so a fresh clone needs nothing installed by hand.
-#   make run    create .venv, install the server, serve the bundled model on 127.0.0.1:50051
+#   make run    create .venv, install the server and clients (with the microphone), espeak-ng for the Quick
+#               start's speech, serve the bundled model on 127.0.0.1:50051
 #   make test   create .venv, install everything the suite needs, run the whole suite
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -18,21 +19,58 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[mic]'
 	@touch $@
 
 # openwakeword ships the pretrained backbone's ONNX files (training/hark_training/backbone.py); --no-deps: its deps pull in tflite.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,dev,mic]'
 	$(BIN)/python -m pip install --quiet --no-deps openwakeword==0.5.1
 	@touch $@ $(SERVE_STAMP)
 
 .PHONY: system-deps
-system-deps:  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool)
-	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-		echo "installing espeak-ng and prometheus (Debian)"; \
+system-deps: run-deps  ## Debian packages the data pipeline and tests use (espeak-ng, prometheus + promtool, chromium + chromedriver, PortAudio)
+	@command -v espeak-ng >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing espeak-ng, prometheus, chromium and chromium-driver (Debian)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng prometheus chromium chromium-driver >/dev/null; }
+
+# tritonclient[grpc] pins protobuf < 7 and Hark's stubs need 7: the OIP tests run it from a venv of its own.
+TRITON_VENV := tests/.venv-triton
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[grpc,http]' numpy
+	@touch $@
+
+.PHONY: triton-client
+triton-client: $(TRITON_VENV)/.installed  ## The venv with NVIDIA's tritonclient that the OIP tests drive Hark with
+
+# What the Quick start uses besides the server: espeak-ng to speak a test word, PortAudio for `hark listen`.
+.PHONY: run-deps
+run-deps:  ## Debian packages the Quick start uses (espeak-ng, PortAudio for the microphone)
+	@command -v espeak-ng >/dev/null && /sbin/ldconfig -p | grep -q libportaudio.so.2 || { \
+		echo "installing espeak-ng and libportaudio2 (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends espeak-ng libportaudio2 >/dev/null; }
+
+# MBROLA's voices are in Debian's contrib and non-free components (bookworm); MBROLA us1-3 and en1, RHVoice slt and
+# alan, flite and festival are never installed: they are reserved for independent evaluation.
+VOICE_PACKAGES := mbrola $(addprefix mbrola-,af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2) \
+	rhvoice rhvoice-english libttspico-utils
+VOICES_SOURCES := /etc/apt/sources.list.d/hark-voices.sources
+
+.PHONY: system-deps-voices
+system-deps-voices: system-deps  ## Debian speech engines for hark data build --engines (MBROLA, RHVoice, SVOX Pico)
+	@command -v mbrola >/dev/null && command -v RHVoice-test >/dev/null && command -v pico2wave >/dev/null \
+		&& [ -e /usr/share/mbrola/sw2 ] || { \
+		echo "installing MBROLA, RHVoice and SVOX Pico (Debian contrib/non-free)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		[ -e $(VOICES_SOURCES) ] || printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+			'Suites: bookworm' 'Components: contrib non-free' \
+			'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | $$SUDO tee $(VOICES_SOURCES) >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends $(VOICE_PACKAGES) >/dev/null; }
 
 .PHONY: install
 install: $(SERVE_STAMP)  ## Create .venv with the server and client
@@ -41,17 +79,27 @@ install: $(SERVE_STAMP)  ## Create .venv with the server and client
 dev: $(DEV_STAMP) system-deps  ## Create .venv with training, test and lint tools
 
 .PHONY: run
-run: $(SERVE_STAMP)  ## Serve the bundled model on 127.0.0.1:50051
+run: $(SERVE_STAMP) run-deps  ## Serve the bundled model on 127.0.0.1:50051 (and install what the Quick start uses)
 	$(BIN)/hark serve
 
+# The Node.js client's packages and buf (tests/integration/test_other_languages.py); Debian's Node.js if there is none.
+NODE_STAMP := clients/node/node_modules/.installed
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "installing nodejs and npm (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd clients/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 .PHONY: test
-test: $(DEV_STAMP) system-deps  ## Run the whole test suite
+test: $(DEV_STAMP) system-deps triton-client $(NODE_STAMP)  ## Run the whole test suite
 	$(BIN)/python -m pytest -q
 
 .PHONY: lint
 lint: $(DEV_STAMP)  ## ruff and mypy
-	$(BIN)/ruff check service training tests proto
-	$(BIN)/ruff format --check service training tests proto
+	$(BIN)/ruff check service training tests proto examples
+	$(BIN)/ruff format --check service training tests proto examples
 	$(BIN)/mypy service/hark training/hark_training
 
 .PHONY: bench
@@ -97,14 +145,32 @@ proto: $(DEV_STAMP)  ## Regenerate the stubs in service/hark/v1 from proto/
 	$(BIN)/python proto/generate.py
 
 .PHONY: model
-model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the bundled model (about 25 min)
+model: $(DEV_STAMP) system-deps  ## Rebuild the data set, train and publish the bundled model keywords/1 (about 25 min)
 	$(BIN)/hark data build --out data/keywords
 	$(BIN)/hark train --config training/configs/keywords.toml --data data/keywords/manifest.csv --out runs/keywords
 	$(BIN)/hark export runs/keywords --store model_store --name keywords
 
+# keywords_voices: espeak-ng words plus MBROLA, Piper, RHVoice and SVOX Pico speech (RHVoice held out for test, Pico
+# for validation), running speech and channel variety, published into a candidate store (not model_store/) with a
+# model card and thresholds for 2 false alarms per hour on Pico's running speech. Compare it with
+# `hark engines eval` and `HARK_E2E_STORE=runs/store pytest tests/integration/test_end_to_end*.py`.
+ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper --val-engines pico --test-engines rhvoice --base-train-share 0.35
+CANDIDATE_STORE := runs/store
+
+.PHONY: model-voices
+model-voices: $(DEV_STAMP) system-deps-voices  ## Build the many-engines data set and train a candidate into runs/store (about 1 h on a busy 2-core machine)
+	$(BIN)/python -m pip install --quiet -e '.[voices]'
+	nice -n 10 $(BIN)/hark data build --out data/keywords $(ENGINES_ARGS)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_voices.toml --data data/keywords/manifest.csv --out runs/keywords_voices
+	$(BIN)/hark export runs/keywords_voices --store $(CANDIDATE_STORE) --name keywords
+	V=$(CANDIDATE_STORE)/keywords/$$(ls $(CANDIDATE_STORE)/keywords | sort -n | tail -1); \
+		$(BIN)/hark engines card $$V --data data/keywords && \
+		$(BIN)/hark engines thresholds $$V --data data/keywords --budget 2 && \
+		$(BIN)/hark engines eval $$V --data data/keywords --use-thresholds
+
 .PHONY: clean
 clean:  ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules
 
 .PHONY: percussion
 percussion: $(DEV_STAMP)  ## Rebuild the bundled sound-event model (model_store/percussion) from Debian's hydrogen-drumkits

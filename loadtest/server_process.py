@@ -21,7 +21,8 @@ def hark_env(store: Path, **settings: object) -> dict[str, str]:
         HARK_METRICS_PORT="-1",
         HARK_LOG_FORMAT="json",
         HARK_RELOAD_INTERVAL_S="0",
-        PYTHONPATH=str(REPO),
+        # This checkout's packages, whatever an editable install elsewhere points at.
+        PYTHONPATH=os.pathsep.join(str(p) for p in (REPO / "service", REPO / "training", REPO)),
     )
     env.update({f"HARK_{k.upper()}": str(v) for k, v in settings.items()})
     return env

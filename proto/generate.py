@@ -1,4 +1,5 @@
-"""Generate the Python stubs for the Hark API into ``service/`` (``hark/v1`` is the package ``hark.v1``).
+"""Generate the Python stubs into ``service/``: ``hark/v1`` (the Hark API, package ``hark.v1``) and ``hark/oip``
+(the Open Inference Protocol, proto package ``inference``, Python package ``hark.oip``).
 
 Run by ``make proto``; the test suite runs it into a temporary folder and compares, so committed
 stubs can never drift from ``proto/``.
@@ -13,7 +14,7 @@ from pathlib import Path
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
 DEFAULT_OUT = REPO_ROOT / "service"
-PROTOS = ["hark/v1/hark.proto"]
+PROTOS = ["hark/v1/hark.proto", "hark/oip/inference.proto"]
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 

@@ -1,9 +1,11 @@
 """The ``hark`` command: run the server, talk to one, and host the training pipeline's subcommands.
 
-Built-in subcommands: ``serve``, ``stream``, ``classify``, ``models``, ``health``, ``control-check``. Other packages add
-theirs through the ``hark.commands`` entry-point group, so ``service`` never imports ``training``; a
-plugin that cannot be imported (no torch in a serving image) becomes a placeholder that says what to
-install instead of breaking the whole command.
+Built-in subcommands: ``serve``, ``stream``, ``listen``, ``classify``, ``models``, ``health``, ``control-check``.
+Other packages add theirs through the ``hark.commands`` entry-point group, so ``service`` never imports
+``training``; a plugin that cannot be imported (no torch in a serving image) becomes a hidden placeholder
+that says what to install, and ``hark --help`` says in one line how to get them all.
+
+``--version`` is the program's version everywhere; a model version is pinned with ``--model-version N``.
 
 With ``--json`` stdout carries one JSON object per line and nothing else; everything meant for a
 person (progress, summaries, errors) goes to stderr.
@@ -27,20 +29,22 @@ import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TextIO
 
 if TYPE_CHECKING:  # the client pulls in grpc and numpy; `hark --help` and `hark serve` don't need it here
-    from hark.client import Classification, Detection, HopScores, ModelInfo, StreamStarted
+    from hark.client import Classification, Detection, HarkClient, HopScores, ModelInfo, StreamStarted
+    from hark.client.audio import AudioChunk
 
 PROG: Final = "hark"
 PLUGIN_GROUP: Final = "hark.commands"
 DEFAULT_SERVER: Final = "127.0.0.1:50051"  # == hark.client.DEFAULT_SERVER, kept here to avoid the import
-DEFAULT_METRICS_SERVER: Final = "127.0.0.1:9100"  # Settings.metrics_host:metrics_port
+DEFAULT_METRICS_SERVER: Final = "127.0.0.1:9464"  # Settings.metrics_host:metrics_port
 SAMPLE_RATES: Final = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)  # == audio.SUPPORTED_...
-TRAIN_EXTRA_HINT: Final = "install the training extra: pip install 'hark[train]'"
+CHECKOUT_ROOT: Final = Path(__file__).resolve().parents[2]  # service/hark/cli.py in a checkout
+RAW_ENCODINGS: Final = ("s16le", "f32le")  # == hark.client.pipe.RAW_ENCODINGS
 CLASSIFY_LEVEL_DBFS: Final = -15.0  # == preprocess.DEFAULT_PEAK_DBFS, kept here to avoid the import
 
 EXIT_OK: Final = 0
@@ -129,8 +133,10 @@ def build_parser(plugins: Iterable[importlib.metadata.EntryPoint] | None = None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
     _add_builtin_commands(commands)
-    for entry_point in _plugin_entry_points() if plugins is None else plugins:
-        _add_plugin(commands, entry_point)
+    missing = [
+        ep.name for ep in (_plugin_entry_points() if plugins is None else plugins) if not _add_plugin(commands, ep)
+    ]
+    _note_missing_plugins(parser, missing)
     return parser
 
 
@@ -146,23 +152,18 @@ def _client_options(*, audio: bool) -> argparse.ArgumentParser:
     )
     _add_security_options(common)
     common.add_argument("--json", action="store_true", help="print one JSON object per line on stdout and nothing else")
+    _add_version_option(common)
     if audio:
         common.add_argument("--model", default="", help="model name (default: the server's default model)")
-        common.add_argument(
-            "--version",
-            type=_int_in(0, 2**32 - 1),
-            default=0,
-            metavar="N",
-            help="pin model version N (default: 0, the newest valid version)",
-        )
+        _add_model_version_option(common, "pin model version N (default: 0, the newest valid version)")
         common.add_argument(
             "--rate",
             type=int,
             choices=SAMPLE_RATES,
             default=16_000,
             metavar="HZ",
-            help="resample the audio to this rate before sending (default: %(default)s; "
-            f"one of {', '.join(map(str, SAMPLE_RATES))})",
+            help="sample rate sent to the server: audio files are resampled to it, --raw input is at it "
+            f"(default: %(default)s; one of {', '.join(map(str, SAMPLE_RATES))})",
         )
     return common
 
@@ -188,6 +189,36 @@ def _add_security_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _ProgramVersion(argparse.Action):
+    """``--version`` in a subcommand: the program's version, as at the top; with a number, a pointer to the
+    option that pins a model version (``--version N`` once meant that, and two meanings are one too many)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if values is not None:
+            parser.error(
+                f"--version is the program's version; to pin model version {values} use --model-version {values}"
+            )
+        print(f"{PROG} {_package_version()}")
+        parser.exit()
+
+
+def _add_version_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action=_ProgramVersion, help=argparse.SUPPRESS)
+
+
+def _add_model_version_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--model-version", type=_int_in(0, 2**32 - 1), default=0, metavar="N", help=help_text)
+
+
 class _CliFailure(Exception):
     """Ends a command with one error line and an exit code (raised where returning is awkward)."""
 
@@ -196,7 +227,7 @@ class _CliFailure(Exception):
         self.code = code
 
 
-def _connect(args: argparse.Namespace, timeout: float | None = 30.0) -> Any:
+def _connect(args: argparse.Namespace, timeout: float | None = 30.0) -> HarkClient:
     """A :class:`~hark.client.HarkClient` for ``args.server`` with the command's TLS and token options."""
     from hark.client import HarkClient
     from hark.security import SecurityError
@@ -225,24 +256,50 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
     serve.add_argument("--port", type=_int_in(0, 65535), help="port to bind; 0 picks a free one (default: 50051)")
     serve.add_argument("--model-store", type=Path, metavar="DIR", help="root of the versioned model store")
     serve.add_argument(
+        "--metrics-port",
+        type=_int_in(-1, 65535),
+        metavar="PORT",
+        help="port of /metrics; 0 picks a free one, -1 turns metrics off (default: $HARK_METRICS_PORT or 9464)",
+    )
+    serve.add_argument(
         "--log-format", choices=("auto", "json", "console"), help="log format; auto: console on a TTY, else JSON"
     )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="least severe level logged")
+    _add_version_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     stream = commands.add_parser(
         "stream",
         parents=[_client_options(audio=True)],
-        help="stream an audio file and print detections live",
+        help="stream an audio file or a pipe and print detections live",
         description="Stream a WAV/FLAC file (any rate, mono or stereo, int or float) to the server in "
         "chunks, at real-time pace unless --fast, and print each detection with its time in the audio. "
+        "'-' streams stdin as it arrives: a WAV, FLAC or other header, or headerless PCM with --raw "
+        "(arecord -f S16_LE -r 16000 -c 1 | hark stream - --raw). "
         'With --json: {"label", "score", "time_s"} per event and, with --scores, '
         '{"start_s", "end_s", "scores": {label: p}, "gated"} per hop.',
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    stream.add_argument("path", metavar="FILE", help="audio file; '-' reads a WAV/FLAC from stdin")
+    stream.add_argument("path", metavar="FILE", help="audio file; '-' streams stdin as it arrives")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    stream.add_argument(
+        "--raw",
+        action="store_true",
+        help="stdin is headerless mono PCM at --rate in --encoding (what arecord and sox -t raw write)",
+    )
+    stream.add_argument(
+        "--encoding",
+        choices=RAW_ENCODINGS,
+        default="s16le",
+        help="sample format of --raw input: 16-bit integer or 32-bit float, little-endian (default: %(default)s)",
+    )
+    stream.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show how much audio has been sent on stderr (default: with --fast on a terminal)",
+    )
     stream.add_argument(
         "--chunk-ms",
         type=_int_in(5, 5000),
@@ -270,6 +327,39 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--allow", action="append", default=[], metavar="CLASS", help="only CLASS may raise events; repeatable"
     )
     stream.set_defaults(func=cmd_stream)
+
+    listen = commands.add_parser(
+        "listen",
+        parents=[_client_options(audio=True)],
+        help="stream the microphone and print detections live",
+        description="Stream an input device (the default microphone unless --device) to the server and "
+        "print each detection as it happens, with a live level and score line on a terminal. Ctrl-C ends "
+        "the stream and prints its summary (exit 0). Needs the mic extra (pip install 'hark[mic]') and "
+        'PortAudio. With --json: {"label", "score", "time_s"} per event on stdout.',
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listen.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="input device: an index or (part of) a name from --list-devices; file:PATH plays a WAV/FLAC "
+        "at real-time pace as if it were a microphone (default: the system's default input)",
+    )
+    listen.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    listen.add_argument(
+        "--chunk-ms",
+        type=_int_in(10, 1000),
+        default=100,
+        metavar="MS",
+        help="audio per chunk in milliseconds (default: %(default)s)",
+    )
+    listen.add_argument(
+        "--meter",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the live level and score line on stderr (default: on when stderr is a terminal)",
+    )
+    listen.set_defaults(func=cmd_listen)
 
     classify = commands.add_parser(
         "classify",
@@ -344,6 +434,7 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
     health.add_argument(
         "--timeout", type=_positive_float, default=5.0, metavar="S", help="deadline (default: %(default)s)"
     )
+    _add_version_option(health)
     health.set_defaults(func=cmd_health)
 
     control = commands.add_parser(
@@ -365,9 +456,8 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="the server's metrics address (default: $HARK_METRICS_SERVER or %(default)s)",
     )
     control.add_argument("--model", default="", help="only this model (default: every model with a control set)")
-    control.add_argument(
-        "--version", type=_int_in(0, 2**32 - 1), default=0, metavar="N", help="only version N (default: all)"
-    )
+    _add_model_version_option(control, "only model version N (default: all)")
+    _add_version_option(control)
     control.add_argument(
         "--min-accuracy",
         type=float,
@@ -386,25 +476,48 @@ def _plugin_entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)
 
 
+def train_extra_hint() -> str:
+    """How to get the training commands here: ``make dev`` in a checkout, the extra elsewhere."""
+    if (CHECKOUT_ROOT / "Makefile").is_file() and (CHECKOUT_ROOT / "training").is_dir():
+        where = _relative(str(CHECKOUT_ROOT))
+        return "run `make dev`" + ("" if where == "." else f" in {where}")
+    return "install the training extra: pip install 'hark[train]'"
+
+
+def _note_missing_plugins(parser: argparse.ArgumentParser, missing: Sequence[str]) -> None:
+    """One line at the end of ``hark --help`` instead of one "unavailable" line per training command."""
+    if missing:
+        parser.epilog = (parser.epilog or "") + (
+            f"\ntraining commands ({', '.join(missing)}) are not installed: {train_extra_hint()}."
+        )
+
+
 def _add_plugin(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], entry_point: importlib.metadata.EntryPoint
-) -> None:
-    """Let a plugin add its subcommand; if it cannot even load, add a placeholder that explains why."""
+) -> bool:
+    """Let a plugin add its subcommand; if it cannot even load, add a placeholder that explains why.
+
+    A placeholder for a missing dependency stays out of the command list (``hark --help`` says once how
+    to install them all) but still answers when it is run. False when the plugin is a placeholder.
+    """
     try:
         add_command = entry_point.load()
         add_command(commands)
     except Exception as e:  # any failure must leave the rest of the CLI usable
         if entry_point.name in commands.choices:  # it registered itself before failing
-            return
+            return True
         missing = isinstance(e, ImportError)
-        reason = TRAIN_EXTRA_HINT if missing else f"it failed to load: {type(e).__name__}: {e}"
-        placeholder = commands.add_parser(
-            entry_point.name,
-            help=f"(unavailable: {TRAIN_EXTRA_HINT if missing else 'failed to load'})",
-            description=f"The {entry_point.name!r} command is not available: {reason}.",
-            add_help=False,
-        )
+        reason = train_extra_hint() if missing else f"it failed to load: {type(e).__name__}: {e}"
+        description = f"The {entry_point.name!r} command is not available: {reason}."
+        if missing:  # listed once in the epilog, not here
+            placeholder = commands.add_parser(entry_point.name, description=description, add_help=False)
+        else:
+            placeholder = commands.add_parser(
+                entry_point.name, help="(unavailable: failed to load)", description=description, add_help=False
+            )
         placeholder.set_defaults(func=_unavailable(entry_point.name, reason, e), _placeholder=True)
+        return not missing
+    return True
 
 
 def _unavailable(name: str, reason: str, error: BaseException) -> Handler:
@@ -450,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-BUILTIN_COMMANDS: Final = frozenset({"serve", "stream", "classify", "models", "health", "control-check"})
+BUILTIN_COMMANDS: Final = frozenset({"serve", "stream", "listen", "classify", "models", "health", "control-check"})
 
 
 # -------------------------------------------------------------------------------------------- commands
@@ -467,11 +580,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             model_store=args.model_store,
+            metrics_port=args.metrics_port,
             log_format=args.log_format,
             log_level=args.log_level,
         )
     except (ValidationError, ValueError, OSError) as e:
         return _fail(f"invalid settings: {e}", EXIT_BAD_REQUEST)
+    if (taken := _port_taken(settings.metrics_host, settings.metrics_port)) is not None:
+        return _fail(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {taken} (another program, "
+            "such as node_exporter, has it?); choose another port with --metrics-port PORT or "
+            "HARK_METRICS_PORT=PORT (0 picks a free one, -1 turns metrics off)",
+            EXIT_BAD_REQUEST,
+        )
     address = f"{settings.host}:{settings.port}"
     print(f"{PROG}: serving {settings.model_store} on {address}", file=sys.stderr)
     server_opt = "" if address == DEFAULT_SERVER else f" --server {_connect_address(settings.host, settings.port)}"
@@ -486,25 +607,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    """Stream one file; events go to stdout as they arrive, with their time in the file's audio."""
+    """Stream a file or stdin; events go to stdout as they arrive, with their time in the stream's audio."""
     from hark.client import Detection, HarkError, HopScores, StreamStarted
     from hark.core.audio import AudioError
 
     try:
-        samples = _read_stream_input(args.path, args.rate)
+        feed = _stream_feed(args)
     except AudioError as e:
         return _fail(str(e), EXIT_BAD_REQUEST)
-    duration_s = len(samples) / args.rate
+    length = "" if feed.duration_s is None else f" ({feed.duration_s:.2f} s)"
     pace = "as fast as possible" if args.fast else "in real time"
+    show_progress = args.progress if args.progress is not None else (args.fast and sys.stderr.isatty())
+    progress = _Progress(feed, sys.stderr) if show_progress else None
     events = 0
-    with _connect(args) as client:
+    with _closing(_connect(args)) as client:
         try:
             for item in client.stream(
-                samples,
+                feed.chunks(progress),
                 sample_rate=args.rate,
                 model=args.model,
-                version=args.version,
-                chunk_ms=args.chunk_ms,
+                version=args.model_version,
+                encoding=feed.encoding,
                 realtime=not args.fast,
                 emit_scores=args.scores,
                 class_thresholds=dict(args.class_threshold),
@@ -512,15 +635,86 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 allowed_classes=args.allow,
             ):
                 if isinstance(item, StreamStarted):
-                    _info(f"streaming {args.path} ({duration_s:.2f} s) {pace} to {describe_started(item)}")
+                    _info(f"streaming {_source_name(args.path)}{length} {pace} to {describe_started(item)}")
                 elif isinstance(item, Detection):
                     events += 1
+                    if progress is not None:
+                        progress.clear()
                     _emit(detection_json(item) if args.json else format_detection(item), args.json)
                 elif isinstance(item, HopScores):
                     _emit(scores_json(item) if args.json else format_scores(item), args.json)
         except HarkError as e:
             return _fail_rpc(e.code.name, e.details, args.server)
-    _info(f"{events} event{'s' if events != 1 else ''} in {duration_s:.2f} s of audio")
+        finally:
+            if progress is not None:
+                progress.clear()
+    if feed.error is not None:
+        return _fail(str(feed.error), EXIT_BAD_REQUEST)
+    _info(f"{events} event{'s' if events != 1 else ''} in {feed.sent_s:.2f} s of audio")
+    return EXIT_OK
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """Stream a live source until it ends or Ctrl-C; print events as they come, then the stream's summary."""
+    from hark.client import Detection, HarkError, HopScores, StreamStarted
+    from hark.client.microphone import MicrophoneError, list_input_devices, open_source
+    from hark.core.audio import AudioError
+
+    if args.list_devices:
+        try:
+            devices = list_input_devices()
+        except MicrophoneError as e:
+            return _fail(str(e), EXIT_BAD_REQUEST)
+        for d in devices:
+            row = {"index": d.index, "name": d.name, "channels": d.channels, "default": d.is_default,
+                   "default_sample_rate": d.default_sample_rate}  # fmt: skip
+            mark = "*" if d.is_default else " "
+            line = f"{mark} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_sample_rate:g} Hz)"
+            _emit(row if args.json else line, args.json)
+        if not devices:
+            _info("no input device found")
+        return EXIT_OK
+    try:
+        source = open_source(args.device, sample_rate=args.rate, chunk_ms=args.chunk_ms)
+    except (MicrophoneError, AudioError) as e:
+        return _fail(str(e), EXIT_BAD_REQUEST)
+    meter = _Meter(sys.stderr, enabled=args.meter if args.meter is not None else sys.stderr.isatty())
+    counts: dict[str, int] = {}
+    heard_s = 0.0
+    interrupted = False
+    try:
+        with _closing(_connect(args)) as client:
+            for item in client.stream(
+                meter.watch(source.chunks()),
+                sample_rate=source.sample_rate,
+                model=args.model,
+                version=args.model_version,
+                realtime=False,  # a live source paces itself
+                emit_scores=True,
+            ):
+                if isinstance(item, StreamStarted):
+                    _info(f"listening to {source.name} with {describe_started(item)}; Ctrl-C to stop")
+                elif isinstance(item, Detection):
+                    counts[item.label] = counts.get(item.label, 0) + 1
+                    meter.clear()
+                    _emit(detection_json(item) if args.json else format_detection(item), args.json)
+                elif isinstance(item, HopScores):
+                    heard_s = item.end_s
+                    meter.show(item)
+    except KeyboardInterrupt:
+        interrupted = True
+    except HarkError as e:
+        meter.clear()
+        return _fail_rpc(e.code.name, e.details, args.server)
+    finally:
+        source.close()
+        meter.clear()
+    total = sum(counts.values())
+    summary = ", ".join(f"{label} {n}" for label, n in counts.items())  # in the order first heard
+    ended = "stopped" if interrupted else "the source ended"
+    _info(
+        f"{ended}: {total} event{'s' if total != 1 else ''} in {heard_s:.1f} s" + (f" ({summary})" if summary else "")
+    )
     return EXIT_OK
 
 
@@ -536,7 +730,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for path in args.paths:
             try:
                 samples = preprocess(read_clip(path, args.rate), args.rate, args.rate, prepare)
-                result = client.classify(samples, sample_rate=args.rate, model=args.model, version=args.version)
+                result = client.classify(samples, sample_rate=args.rate, model=args.model, version=args.model_version)
             except AudioError as e:
                 _file_failed(path, str(e), args.json)
                 status = max(status, EXIT_BAD_REQUEST)
@@ -560,7 +754,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     with _connect(args, args.timeout) as client:
         try:
-            models = client.list_models()
+            models = client.models()
         except HarkError as e:
             return _fail_rpc(e.code.name, e.details, args.server)
     if args.json:
@@ -594,7 +788,7 @@ def cmd_control_check(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("version", args.version)) if v})
+    query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("version", args.model_version)) if v})
     url = f"http://{args.server}/control-check" + (f"?{query}" if query else "")
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=args.timeout) as r:
@@ -648,16 +842,201 @@ def exit_code_for_status(code_name: str) -> int:
     return EXIT_FAILURE
 
 
-def _read_stream_input(path: str, rate: int) -> Any:
-    """Read the file, or stdin for '-' (spooled to a temp file: libsndfile wants to seek)."""
-    from hark.client import read_clip
+class _Feed:
+    """The audio of ``hark stream``: a whole file, or stdin decoded as it arrives, with what was sent so far.
 
-    if path != "-":
-        return read_clip(path, rate)
-    with tempfile.NamedTemporaryFile(prefix="hark-stdin-", suffix=".audio") as spool:
-        spool.write(sys.stdin.buffer.read())
-        spool.flush()
-        return read_clip(spool.name, rate)
+    A decoding error in the middle of stdin cannot be raised where it happens (gRPC reads the chunks on its
+    own thread); it ends the stream and waits in :attr:`error` to be reported.
+    """
+
+    def __init__(self, source: Iterable[AudioChunk], rate: int, encoding: str, duration_s: float | None) -> None:
+        self._source = iter(source)
+        self.rate = rate
+        self.encoding = encoding
+        self.duration_s = duration_s
+        self.sent_s = 0.0
+        self.error: Exception | None = None
+        self._first: AudioChunk | None = None
+
+    def prime(self) -> None:
+        """Read the first chunk now, so a header that is not audio fails before the stream starts."""
+        self._first = next(self._source, None)
+
+    def chunks(self, progress: _Progress | None) -> Iterator[AudioChunk]:
+        from hark.core.audio import AudioError
+
+        width = 2 if self.encoding == "pcm_s16le" else 4
+        pending = [self._first] if self._first is not None else []
+        self._first = None
+        try:
+            for chunk in pending:
+                yield self._count(chunk, width, progress)
+            for chunk in self._source:
+                yield self._count(chunk, width, progress)
+        except AudioError as e:
+            self.error = e
+
+    def _count(self, chunk: AudioChunk, width: int, progress: _Progress | None) -> AudioChunk:
+        self.sent_s += (len(chunk) / width if isinstance(chunk, bytes) else len(chunk)) / self.rate
+        if progress is not None:
+            progress.update()
+        return chunk
+
+
+def _stream_feed(args: argparse.Namespace) -> _Feed:
+    """What ``hark stream`` sends: the whole file read first, or stdin as it arrives (WAV/FLAC or --raw PCM)."""
+    from hark.client import read_clip, split_chunks
+    from hark.client.pipe import decoded_chunks, raw_chunks
+    from hark.core.audio import AudioError
+
+    if args.raw and args.path != "-":
+        raise AudioError("--raw reads headerless PCM from stdin: use it with '-'")
+    if args.path != "-":
+        samples = read_clip(args.path, args.rate)
+        return _Feed(split_chunks(samples, args.rate, args.chunk_ms), args.rate, "pcm_s16le", len(samples) / args.rate)
+    stdin = _stdin_bytes()
+    if args.raw:
+        encoding = f"pcm_{args.encoding}"
+        feed = _Feed(
+            raw_chunks(stdin, encoding=args.encoding, rate=args.rate, chunk_ms=args.chunk_ms), args.rate, encoding, None
+        )
+    else:
+        feed = _Feed(decoded_chunks(stdin, rate=args.rate, chunk_ms=args.chunk_ms), args.rate, "pcm_s16le", None)
+    feed.prime()
+    return feed
+
+
+def _stdin_bytes() -> BinaryIO:
+    """stdin as unbuffered bytes where it is a file descriptor (a pipe, a terminal).
+
+    gRPC reads the chunks on a daemon thread, which a Ctrl-C leaves blocked in a read; a BufferedReader's
+    lock held there would abort the interpreter's shutdown. Where stdin is not a descriptor (embedded, in
+    tests) its buffer serves.
+    """
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return sys.stdin.buffer
+    return open(fd, "rb", buffering=0, closefd=False)  # lives as long as the process
+
+
+def _source_name(path: str) -> str:
+    return "stdin" if path == "-" else path
+
+
+class _Progress:
+    """``hark: sent 12.0 of 60.0 s (20%)`` on stderr: rewritten in place on a terminal, a line per 10% elsewhere."""
+
+    def __init__(self, feed: _Feed, out: TextIO) -> None:
+        self._feed = feed
+        self._out = out
+        self._tty = out.isatty()
+        self._shown_step = -1
+        self._lock = threading.Lock()
+        self._drawn = False
+
+    def update(self) -> None:
+        sent, total = self._feed.sent_s, self._feed.duration_s
+        step = int(10 * sent / total) if total else int(sent // 10)  # tenths of the file, or every 10 s of stdin
+        if step == self._shown_step:
+            return
+        self._shown_step = step
+        text = f"{PROG}: sent {sent:.1f}" + (f" of {total:.1f} s ({100 * sent / total:.0f}%)" if total else " s")
+        with self._lock:
+            if self._tty:
+                self._out.write(f"\r\033[K{text}")
+                self._drawn = True
+            else:
+                self._out.write(text + "\n")
+            self._out.flush()
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._drawn:
+                self._out.write("\r\033[K")
+                self._out.flush()
+                self._drawn = False
+
+
+class _Meter:
+    """The live line of ``hark listen``: input level and the best classes of the latest hop, in place on stderr."""
+
+    BAR: Final = 20
+    FLOOR_DBFS: Final = -60.0
+
+    def __init__(self, out: TextIO, *, enabled: bool) -> None:
+        self._out = out
+        self.enabled = enabled
+        self._level_dbfs = -120.0
+        self._drawn = False
+
+    def watch(self, chunks: Iterable[AudioChunk]) -> Iterator[AudioChunk]:
+        """Pass the chunks on, noting each one's level (on gRPC's request thread; a float store is atomic)."""
+        from hark.core.audio import rms_dbfs
+
+        for chunk in chunks:
+            if not isinstance(chunk, bytes):
+                self._level_dbfs = rms_dbfs(chunk)
+            yield chunk
+
+    def show(self, hop: HopScores) -> None:
+        if not self.enabled:
+            return
+        filled = round(self.BAR * min(1.0, max(0.0, 1 - self._level_dbfs / self.FLOOR_DBFS)))
+        bar = "#" * filled + "-" * (self.BAR - filled)
+        best = sorted(hop.scores.items(), key=lambda kv: kv[1], reverse=True)[:3]
+        ranked = "  ".join(f"{label} {p:.2f}" for label, p in best)
+        self._out.write(f"\r\033[K{self._level_dbfs:6.1f} dBFS [{bar}]  {ranked}")
+        self._out.flush()
+        self._drawn = True
+
+    def clear(self) -> None:
+        if self._drawn:
+            self._out.write("\r\033[K")
+            self._out.flush()
+            self._drawn = False
+
+
+class _closing:
+    """Close a client on the way out; after Ctrl-C, give the channel's close a second at most.
+
+    An interrupted stream can leave gRPC's request thread inside the audio source (a pipe, a device)
+    when the channel closes, and closing then may wait for it; the process is ending anyway, so it does
+    not wait long (the socket closes with the process and the server sees the stream cancelled).
+    """
+
+    def __init__(self, client: HarkClient) -> None:
+        self.client = client
+
+    def __enter__(self) -> HarkClient:
+        return self.client
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+            self.client.close()
+            return
+        closer = threading.Thread(target=self.client.close, name="hark-close", daemon=True)
+        closer.start()
+        closer.join(1.0)
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound (as the metrics server binds it), or None when it can or is not fixed.
+
+    The server checks too, but as a log line after the model has loaded; a clash here is one line before.
+    """
+    import socket
+
+    if port <= 0:
+        return None
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
+            probe.bind((host.strip("[]"), port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def _fail(message: str, code: int) -> int:

@@ -24,6 +24,20 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    websocket_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Port of the WebSocket stream protocol (/v1/stream) and the browser page (/), on host; "
+        "0 picks a free one, -1 = off.",
+    )
+    oip_http_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Port of the Open Inference Protocol (KServe v2) REST routes (/v2/...), on host; "
+        "0 picks a free one, -1 = off. Its gRPC service is always on the gRPC port.",
+    )
 
     # Models
     model_store: Path = Field(REPO_ROOT / "model_store", description="Root of the versioned model store.")
@@ -44,6 +58,53 @@ class Settings(BaseSettings):
     max_stream_s: float = Field(3600.0, gt=0, description="Longest stream, in seconds of audio.")
     idle_timeout_s: float = Field(
         30.0, gt=0, description="A stream silent on the wire, or whose responses go unread, this long is ended."
+    )
+
+    # Hostile clients (README "Reliability and security"): what one client, or a flood, can hold
+    max_connections: int = Field(
+        512, ge=1, description="Open client connections before new ones are refused (bounds file descriptors)."
+    )
+    # 256: at 1,024 a rapid-reset flood on one connection made gRPC cancel calls starting on other
+    # connections (the 30 s soak); at 256 it did not. Envoy opens more upstream connections at the limit.
+    max_streams_per_connection: int = Field(
+        256, ge=1, description="Concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)."
+    )
+    # Behind Envoy every client shares a few upstream connections: wide by default; lower it when clients
+    # connect directly.
+    max_streams_per_client: int = Field(
+        1000, ge=1, description="Concurrent streams and clips per connection and per bearer token."
+    )
+    stream_window_bytes: int = Field(
+        64 * 1024,
+        ge=16 * 1024,
+        description="HTTP/2 flow-control window of each call: what a client can send that the server has not "
+        "asked for yet. Larger chunks still arrive, in several round trips.",
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Time a Classify request has to arrive whole, once admitted."
+    )
+    # 2: a 4 MB clip (125 s at 16 kHz) costs about 60 MiB of RSS while it is decoded, featurised and scored.
+    max_clip_calls: int = Field(
+        2, ge=1, description="Concurrent Classify calls (their own budget, apart from the live streams)."
+    )
+    audio_budget_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory for stream audio in flight (chunks being decoded and scored); full = RESOURCE_EXHAUSTED.",
+    )
+    clip_budget_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory for Classify clips in flight, apart from the streams'; full = RESOURCE_EXHAUSTED.",
+    )
+    max_realtime_factor: float = Field(
+        4.0, ge=0.0, description="How much faster than real time a stream may send, after its burst; 0 = unlimited."
+    )
+    realtime_burst_s: float = Field(
+        30.0, ge=0.0, description="Seconds of audio a stream may send at any speed before max_realtime_factor applies."
+    )
+    max_other_calls: int = Field(
+        256, ge=1, description="Concurrent calls that are not classification (health watches, reflection)."
     )
 
     # Security (service/security.py): TLS, mutual TLS, bearer tokens; all off by default
@@ -94,7 +155,7 @@ class Settings(BaseSettings):
     # Metrics, drift and control-set checks
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus /metrics HTTP server binds.")
     metrics_port: int = Field(
-        9100, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
+        9464, ge=-1, le=65535, description="Port of /metrics and POST /control-check; 0 picks a free one, -1 = off."
     )
     drift_window_s: float = Field(
         300.0, gt=0.0, description="Time constant of the live drift statistics (exponentially weighted)."

@@ -2,7 +2,7 @@
 
 Every transport is a thin adapter over :class:`~hark.serving.pipeline.DataPlane`; this module only wires
 them together and owns the lifecycle: health, reflection, the model-reload and control-check timers,
-graceful shutdown on SIGTERM/SIGINT.
+graceful shutdown on SIGTERM/SIGINT, a store reload on SIGHUP and a status line on SIGUSR1.
 
 Run it with ``python -m hark.server`` (settings from ``HARK_*``) or through the CLI's ``serve``.
 """
@@ -23,16 +23,30 @@ from grpc_reflection.v1alpha import reflection
 from hark.config import Settings
 from hark.core.model_store import ModelStore, RefreshReport
 from hark.logging import configure_logging, get_logger
-from hark.security import SecurityError, tls_mode
+from hark.oip import inference_pb2_grpc
+from hark.process import connection_limit, open_fds, raise_fd_limit, rss_bytes
+from hark.security import SecurityError, TokenVerifier, load_tokens, tls_mode
 from hark.serving.admission import Admission
 from hark.serving.batcher import BatcherPool
 from hark.serving.capture import AudioCapture
 from hark.serving.control import Controller
 from hark.serving.metrics import HarkMetrics, MetricsServer
 from hark.serving.pipeline import DataPlane
-from hark.transports.grpc.security import TokenAuthInterceptor, server_credentials, server_interceptors
-from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService
-from hark.v1 import hark_pb2_grpc
+from hark.transports.grpc.logs import quiet_metadata_errors
+from hark.transports.grpc.options import server_options
+from hark.transports.grpc.security import (
+    CallLimitInterceptor,
+    TokenAuthInterceptor,
+    server_credentials,
+    server_interceptors,
+)
+from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService, add_to_server
+from hark.transports.http_security import server_ssl_context, token_verifier
+from hark.transports.oip.grpc_service import SERVICE_NAME as OIP_SERVICE_NAME
+from hark.transports.oip.grpc_service import InferenceService
+from hark.transports.oip.plane import OipPlane
+from hark.transports.oip.rest import OipRest
+from hark.transports.websocket.server import WebSocketTransport
 
 __all__ = ["SERVICE_NAME", "RunningServer", "StartupError", "serve", "start_server"]
 
@@ -60,6 +74,8 @@ class RunningServer:
     metrics: HarkMetrics
     controller: Controller
     metrics_server: MetricsServer | None = None
+    websocket: WebSocketTransport | None = None  # HARK_WEBSOCKET_PORT
+    oip_rest: OipRest | None = None  # HARK_OIP_HTTP_PORT
     _reload_task: asyncio.Task[None] | None = None
     _control_task: asyncio.Task[None] | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -112,6 +128,9 @@ class RunningServer:
                     await task
         if not await self.admission.drain(grace):
             log.warning("grace period over; cancelling running calls", calls=self.admission.active_calls)
+        for transport in (self.websocket, self.oip_rest):  # after the drain: their streams have ended
+            if transport is not None:
+                await transport.close()
         # A short tail for calls that are not classification (health watches, reflection); 0 when the
         # grace period is already spent.
         await self.server.stop(min(1.0, grace) if self.admission.active_calls == 0 else 0)
@@ -120,6 +139,20 @@ class RunningServer:
             await asyncio.to_thread(self.metrics_server.stop)
         log.info("stopped")
         self._stopped.set()
+
+    def status(self) -> dict[str, object]:
+        """What SIGUSR1 logs: the load and the resources the process holds now."""
+        return {
+            "streams": self.admission.active_streams,
+            "clips": self.admission.active_clips,
+            "calls": self.admission.active_calls,
+            "audio_in_flight_bytes": self.plane.budget.used,
+            "clips_in_flight_bytes": self.plane.clip_budget.used,
+            "rss_bytes": rss_bytes(),
+            "open_fds": open_fds(),
+            "models": {name: sorted(v) for name, v in self.store.models().items()},
+            "draining": self._stopping,
+        }
 
     async def wait_for_termination(self) -> None:
         await self._stopped.wait()
@@ -137,6 +170,7 @@ def _log_report(report: RefreshReport) -> None:
 async def start_server(settings: Settings) -> RunningServer:
     """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
     configure_logging(settings.log_format, settings.log_level)
+    quiet_metadata_errors()
     store = ModelStore(
         settings.model_store,
         default_model=settings.default_model,
@@ -147,6 +181,8 @@ async def start_server(settings: Settings) -> RunningServer:
     try:  # before any model loads: a security setting that cannot work stops the start at once
         interceptors = server_interceptors(settings, on_refusal=metrics.error)
         credentials = server_credentials(settings)
+        http_ssl = server_ssl_context(settings)
+        http_verifier = token_verifier(settings)
     except SecurityError as e:
         raise StartupError(str(e)) from e
     report = await asyncio.to_thread(store.refresh)
@@ -165,24 +201,37 @@ async def start_server(settings: Settings) -> RunningServer:
             f"(available: {', '.join(sorted(models))})"
         )
 
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
-    ]
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    classification = (f"/{SERVICE_NAME}/", f"/{OIP_SERVICE_NAME}/")  # bounded by Admission instead
+    interceptors.append(CallLimitInterceptor(settings.max_other_calls, classification, on_refusal=metrics.error))
+    fd_limit = raise_fd_limit()
+    connections = connection_limit(settings.max_connections, fd_limit)
+    if connections < settings.max_connections:
+        log.warning(
+            "fewer connections than max_connections: the descriptor limit is low",
+            fd_limit=fd_limit,
+            max_connections=connections,
+        )
+    server = grpc.aio.server(options=server_options(settings, connections), interceptors=interceptors)
     pool = BatcherPool(settings, observers=metrics.batch_observers)
     plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))
-    admission = Admission(settings.max_streams)
+    admission = Admission(
+        settings.max_streams, max_clips=settings.max_clip_calls, max_per_client=settings.max_streams_per_client
+    )
     servicer = ClassifierService(plane, admission)
     metrics.active_streams.set_function(lambda: admission.active_streams)
     controller = Controller(plane)
-    hark_pb2_grpc.add_ClassifierServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_to_server(servicer, server)
+    oip = OipPlane(plane, admission)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        InferenceService(oip, metrics, settings.idle_timeout_s), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
 
     target = f"{settings.host}:{settings.port}"
     try:
@@ -205,6 +254,7 @@ async def start_server(settings: Settings) -> RunningServer:
                 settings.metrics_host,
                 settings.metrics_port,
                 controller.http_handler(asyncio.get_running_loop()),
+                verify=TokenVerifier(tokens).verify if (tokens := load_tokens(settings)) else None,
             )
         except OSError as e:
             await server.stop(0)
@@ -215,6 +265,26 @@ async def start_server(settings: Settings) -> RunningServer:
             ) from e
         metrics_server.start()
     await server.start()
+    websocket, oip_rest = None, None
+    try:
+        if settings.websocket_port >= 0:
+            websocket = WebSocketTransport(plane, admission, http_verifier)
+            await websocket.start(settings.host, settings.websocket_port, http_ssl)
+        if settings.oip_http_port >= 0:
+            oip_rest = OipRest(oip, metrics, http_verifier, settings.auth_exempt_health, settings.max_message_bytes)
+            await oip_rest.start(settings.host, settings.oip_http_port, http_ssl)
+    except OSError as e:
+        for transport in (websocket, oip_rest):
+            if transport is not None:
+                await transport.close()
+        await server.stop(0)
+        await pool.close()
+        if metrics_server is not None:
+            metrics_server.stop()
+        raise StartupError(
+            f"cannot serve the WebSocket or OIP REST port on {settings.host}: {e} "
+            "(set HARK_WEBSOCKET_PORT / HARK_OIP_HTTP_PORT to a free port, 0 for any, -1 to disable)"
+        ) from e
     running = RunningServer(
         settings=settings,
         server=server,
@@ -229,6 +299,8 @@ async def start_server(settings: Settings) -> RunningServer:
         metrics=metrics,
         controller=controller,
         metrics_server=metrics_server,
+        websocket=websocket,
+        oip_rest=oip_rest,
     )
     if settings.control_interval_s > 0:
         running._control_task = asyncio.get_running_loop().create_task(
@@ -248,6 +320,8 @@ async def _serve(settings: Settings) -> int:
         address=running.address,
         models=sorted(running.store.models()),
         metrics=running.metrics_server.url + "/metrics" if running.metrics_server else None,
+        websocket=running.websocket.port if running.websocket else None,
+        oip_http=running.oip_rest.port if running.oip_rest else None,
     )
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -264,13 +338,33 @@ async def _serve(settings: Settings) -> int:
             log.warning("second signal: cancelling running streams now", signal=sig.name)
             forced.add(loop.create_task(running.server.stop(0)))
 
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        log.info("signal received: reloading the model store", signal="SIGHUP")
+
+        async def reload() -> None:
+            try:
+                await running.reload()
+            except Exception:
+                log.exception("model store refresh failed")
+
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_status() -> None:
+        log.info("status", signal="SIGUSR1", **running.status())
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(signal.SIGUSR1, on_status)
     try:
         await stop_requested.wait()
         await running.stop(settings.shutdown_grace_s)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     return 0
 

@@ -203,12 +203,13 @@ async def test_stream_pinned_version(server_address: str, wavs: list[Path]) -> N
     models = (await hark("models", "--json", "--server", server_address)).json_lines()
     pinned = models[0]
     result = await hark(
-        "stream", "--fast", "--server", server_address, "--model", pinned["model"], "--version", str(pinned["version"]),
+        "stream", "--fast", "--server", server_address, "--model", pinned["model"], "--model-version",
+        str(pinned["version"]),
         wavs[2],
     )  # fmt: skip
     assert result.code == 0, result.err
     assert f"{pinned['model']} v{pinned['version']}" in result.err
-    missing = await hark("stream", "--fast", "--server", server_address, "--version", "999999", wavs[2])
+    missing = await hark("stream", "--fast", "--server", server_address, "--model-version", "999999", wavs[2])
     assert missing.code == 2 and missing.err.startswith("hark: error: NOT_FOUND: ")
 
 

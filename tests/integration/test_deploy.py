@@ -12,6 +12,7 @@ Each part is skipped, with the reason, when its binary is not installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -134,18 +135,28 @@ async def test_grpcurl_calls_methods_it_learned_through_reflection(hark: Hark) -
 # --------------------------------------------------------------------------------------------- Envoy
 
 
-def render_envoy_config(hark_port: int, *, health_interval_s: float = 0.1) -> dict[str, Any]:
+def render_envoy_config(hark: Hark, *, health_interval_s: float = 0.1) -> dict[str, Any]:
     """deploy/envoy/envoy.yaml for this test: ephemeral admin and listener ports on 127.0.0.1, the
-    upstream at the test server's port, and quick health checks. Nothing else changes."""
+    upstreams at the test server's ports (gRPC, and WebSocket and OIP REST when it serves them), and
+    quick health checks. Nothing else changes."""
     config: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = 0
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
-    (cluster,) = config["static_resources"]["clusters"]
-    (endpoints,) = cluster["load_assignment"]["endpoints"]
-    (host,) = endpoints["lb_endpoints"]
-    assert host["endpoint"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    host["endpoint"]["address"]["socket_address"]["port_value"] = hark_port
+    running = hark.running
+    ports = {
+        "hark": running.port,
+        "hark_websocket": running.websocket.port if running.websocket else 1,
+        "hark_oip_http": running.oip_rest.port if running.oip_rest else 1,
+    }
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert set(clusters) == set(ports)
+    for name, port in ports.items():
+        (endpoints,) = clusters[name]["load_assignment"]["endpoints"]
+        (host,) = endpoints["lb_endpoints"]
+        assert host["endpoint"]["address"]["socket_address"]["address"] == "127.0.0.1"
+        host["endpoint"]["address"]["socket_address"]["port_value"] = port
+    cluster = clusters["hark"]
     (check,) = cluster["health_checks"]
     check["interval"] = check["no_traffic_interval"] = f"{health_interval_s}s"
     return config
@@ -195,9 +206,16 @@ class Envoy:
 
 @pytest.fixture
 async def envoy(hark: Hark, tmp_path: Path) -> AsyncIterator[Envoy]:
+    async with run_envoy(hark, tmp_path) as proxy:
+        yield proxy
+
+
+@contextlib.asynccontextmanager
+async def run_envoy(hark: Hark, tmp_path: Path) -> AsyncIterator[Envoy]:
+    """The real Envoy on deploy/envoy/envoy.yaml in front of ``hark``, once Hark is in rotation."""
     assert ENVOY is not None
     config_path = tmp_path / "envoy.yaml"
-    config_path.write_text(yaml.safe_dump(render_envoy_config(hark.running.port)))
+    config_path.write_text(yaml.safe_dump(render_envoy_config(hark)))
     admin_path = tmp_path / "admin-address"
     log = tmp_path / "envoy.log"
     with log.open("wb") as log_file:

@@ -287,7 +287,7 @@ async def test_a_silent_client_is_ended(start_hark: StartHark, tiny_model_store:
     await asyncio.sleep(0.6)
     result = await stream.finish()
     assert result.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "no message for 0.3 s" in result.details
+    assert "no audio for 0.3 s" in result.details
 
 
 async def test_a_cancelled_or_expired_stream_frees_its_slot(hark: Hark) -> None:

@@ -61,12 +61,14 @@ def test_stream_defaults() -> None:
         100,
         False,
     )
-    assert (args.model, args.version, args.rate) == ("", 0, 16_000)
+    assert (args.model, args.model_version, args.rate) == ("", 0, 16_000)
 
 
 def test_stream_options() -> None:
-    args = parse("stream", "-", "--fast", "--json", "--chunk-ms", "20", "--scores", "--model", "kws", "--version", "3")
-    assert (args.path, args.fast, args.json, args.chunk_ms, args.scores, args.model, args.version) == (
+    args = parse(
+        "stream", "-", "--fast", "--json", "--chunk-ms", "20", "--scores", "--model", "kws", "--model-version", "3"
+    )
+    assert (args.path, args.fast, args.json, args.chunk_ms, args.scores, args.model, args.model_version) == (
         "-",
         True,
         True,
@@ -114,7 +116,7 @@ def test_server_address_rejects(bad: str, capsys: pytest.CaptureFixture[str]) ->
         ["stream", "a.wav", "--chunk-ms", "0"],
         ["stream", "a.wav", "--chunk-ms", "ten"],
         ["stream", "a.wav", "--rate", "12345"],
-        ["stream", "a.wav", "--version", "-1"],
+        ["stream", "a.wav", "--model-version", "-1"],
         ["classify"],  # no files
         ["serve", "--port", "65536"],
         ["serve", "--log-format", "xml"],
@@ -141,6 +143,21 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("hark ")
+
+
+@pytest.mark.parametrize("command", ["serve", "stream", "classify", "listen", "models", "health", "control-check"])
+def test_version_is_the_program_s_everywhere_and_a_model_version_is_model_version(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("hark ")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--version", "3", "a.wav"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--version is the program's version; to pin model version 3 use --model-version 3" in err
 
 
 def test_every_command_and_option_has_help() -> None:
@@ -217,11 +234,14 @@ def test_plugin_that_cannot_import_becomes_a_placeholder(
     monkeypatch.setattr(cli, "_plugin_entry_points", lambda: [broken])
     with pytest.raises(SystemExit):
         cli.main(["--help"])
-    assert "install the training extra" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    # One line for all the missing commands, with the way to install them here (a checkout: make dev).
+    assert "training commands (train) are not installed: run `make dev`" in help_text
+    assert "unavailable" not in help_text
     # Any arguments the real command would take, -h included, still get the explanation.
     assert cli.main(["train", "--epochs", "3", "-h", "data.csv"]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'hark[train]'" in err
+    assert "make dev" in err
     assert "no_such_module_for_hark_tests" in err
     # The built-in commands still work.
     assert parse("models").func is cli.cmd_models
@@ -658,7 +678,7 @@ def test_cli_unreachable_server(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert cli.main(["health", "--server", "127.0.0.1:1"]) == 1
 
 
-def test_stdin_is_spooled(
+def test_stdin_is_streamed(
     stub_server: tuple[str, StubClassifier],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -673,3 +693,8 @@ def test_stdin_is_spooled(
     assert cli.main(["stream", "--fast", "--json", "--server", target, "-"]) == 0
     assert abs(servicer.samples - 8_000) <= 1
     assert _json_lines(capsys.readouterr().out) == [{"label": "yes", "score": 0.9, "time_s": 0.25}]
+
+
+def test_outside_a_checkout_the_training_hint_is_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cli, "CHECKOUT_ROOT", tmp_path)  # an installed package: no Makefile beside it
+    assert cli.train_extra_hint() == "install the training extra: pip install 'hark[train]'"

@@ -129,10 +129,13 @@ def virtual_host() -> Any:
     return vhost
 
 
-def hark_cluster() -> Any:
-    (cluster,) = bootstrap().static_resources.clusters
-    assert cluster.name == "hark"
+def cluster_named(name: str) -> Any:
+    (cluster,) = [c for c in bootstrap().static_resources.clusters if c.name == name]
     return cluster
+
+
+def hark_cluster() -> Any:
+    return cluster_named("hark")
 
 
 def route_for(path: str) -> Any:
@@ -215,7 +218,7 @@ def test_envoy_admin_and_stats_listen_on_loopback_only() -> None:
     (listener,) = bootstrap().static_resources.listeners
     assert listener.address.socket_address.port_value != admin.port_value
     # Nothing routes to the admin interface from outside.
-    assert {c.name for c in bootstrap().static_resources.clusters} == {"hark"}
+    assert {c.name for c in bootstrap().static_resources.clusters} == {"hark", "hark_websocket", "hark_oip_http"}
 
 
 @needs_envoy_types
@@ -402,7 +405,7 @@ def test_dockerfile_bundles_the_model_store_and_exposes_its_ports() -> None:
     assert env["HARK_MODEL_STORE"].rstrip("/") == destination
     assert any(c.startswith("--from=build ") for c in copies), "the runtime stage takes the build stage's venv"
     exposed = {int(p.split("/")[0]) for args in instructions("EXPOSE", final) for p in args.split()}
-    assert {int(env["HARK_PORT"]), 9100} <= exposed
+    assert {int(env["HARK_PORT"]), 9464} <= exposed
     assert env["HARK_HOST"] == env["HARK_METRICS_HOST"] == "0.0.0.0", "a container listens beyond its loopback"
     assert int(env["HARK_METRICS_PORT"]) in exposed
 
@@ -501,7 +504,7 @@ def test_compose_wires_prometheus_and_grafana() -> None:
     assert "9090:9090" in services["prometheus"]["ports"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
     assert "3000:3000" in services["grafana"]["ports"]
-    assert "9100" in services["hark"]["expose"], "Prometheus scrapes hark:9100 on the compose network"
+    assert "9464" in services["hark"]["expose"], "Prometheus scrapes hark:9464 on the compose network"
 
 
 def bind_mounts() -> list[tuple[str, str]]:
@@ -648,19 +651,22 @@ def test_k8s_envoy_sidecar_runs_the_envoy_config_from_a_configmap() -> None:
 def test_k8s_hark_config_names_real_settings() -> None:
     values = {setting_name(k): v for k, v in hark_config().items()}
     settings = Settings(**values)  # extra="forbid": a misspelt setting fails here
-    assert settings.host == "0.0.0.0", "the kubelet's gRPC probes reach the pod IP"
+    assert settings.host == "127.0.0.1", "Envoy is the only way in: the pod IP must not bypass its limits"
     assert settings.metrics_host == "0.0.0.0", "Prometheus scrapes the pod IP"
     metrics_port = next(p for p in container("hark")["ports"] if p["name"] == "metrics")["containerPort"]
     assert settings.metrics_port == metrics_port
 
 
-def test_k8s_hark_has_grpc_probes_on_its_port() -> None:
+def test_k8s_hark_is_probed_from_inside_on_loopback() -> None:
+    """Hark binds loopback (Envoy is the only way in), so its probes run ``hark health`` in the container."""
     hark = container("hark")
     port = int(hark_config()["HARK_PORT"])
-    assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in hark["ports"]
+    assert all(p["containerPort"] != port for p in hark["ports"]), "the gRPC port is loopback only"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert hark[probe]["grpc"]["port"] == port, f"{probe} is not a gRPC probe on {port}"
-    assert hark["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+        command = hark[probe]["exec"]["command"]
+        assert command[:4] == ["hark", "health", "--server", f"127.0.0.1:{port}"], f"{probe}: {command}"
+    for probe in ("readinessProbe", "startupProbe"):
+        assert hark[probe]["exec"]["command"][-2:] == ["--service", SERVICE_NAME]
     # Liveness must not kill a pod that is draining (NOT_SERVING) before the drain can end.
     liveness = hark["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > float(hark_config()["HARK_SHUTDOWN_GRACE_S"])
@@ -727,3 +733,25 @@ def test_k8s_disruption_budget_keeps_replicas_serving() -> None:
     pdb = k8s("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["maxUnavailable"] < k8s("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+
+
+@needs_envoy_types
+def test_envoy_routes_websocket_streams_the_page_and_oip_rest_to_harks_http_ports() -> None:
+    """Hark's HTTP side by path on the same port: WebSocket streams upgraded with no timeout and no retries,
+    the page, OIP REST retried like the unary calls; each to the Hark port the deploy files configure."""
+    stream = route_for("/v1/stream")
+    assert stream.route.cluster == "hark_websocket"
+    assert [u.upgrade_type for u in stream.route.upgrade_configs] == ["websocket"]
+    assert stream.route.timeout == timedelta(0) and stream.route.retry_policy is None
+    assert route_for("/").route.cluster == "hark_websocket"
+    oip = route_for("/v2/models/keywords/infer")
+    assert oip.route.cluster == "hark_oip_http" and oip.route.retry_policy.num_retries == 2
+    assert route_for("/inference.GRPCInferenceService/ModelStreamInfer").route.cluster == "hark"
+    config = yaml.safe_load((REPO / "deploy" / "k8s" / "configmap.yaml").read_text())["data"]
+    environment = compose()["services"]["hark"]["environment"]
+    for name, setting in (("hark_websocket", "HARK_WEBSOCKET_PORT"), ("hark_oip_http", "HARK_OIP_HTTP_PORT")):
+        (locality,) = cluster_named(name).load_assignment.endpoints
+        (host,) = locality.lb_endpoints
+        address = host.endpoint.address.socket_address
+        assert address.address == "127.0.0.1"
+        assert str(address.port_value) == config[setting] == environment[setting], setting

@@ -1,4 +1,4 @@
-"""The committed stubs in service/hark/v1 are exactly what `make proto` generates from proto/."""
+"""The committed stubs in service/hark/v1 and service/hark/oip are exactly what `make proto` generates from proto/."""
 
 from __future__ import annotations
 
@@ -25,4 +25,4 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
         for p in written
         if (committed / p.relative_to(tmp_path)).read_text() != p.read_text()
     ]
-    assert not stale, f"stale stubs {stale}: run `make proto` and commit service/hark/v1"
+    assert not stale, f"stale stubs {stale}: run `make proto` and commit service/hark/v1 and service/hark/oip"

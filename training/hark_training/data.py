@@ -596,7 +596,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if len(records) < planned:
         print(f"skipped {planned - len(records)} clips that could not be said in under 0.95 s")
     print(f"wrote {len(records)} clips and {manifest} in {time.perf_counter() - started:.1f} s")
-    return 0
+    return run_engines(args) if args.engines else 0  # other speech engines: hark_training.voices
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -627,12 +627,13 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``hark data build``, ``hark data import`` and ``hark data stats`` (entry point ``hark.commands``)."""
+    """Register ``hark data build``, ``hark data import``, ``hark data drums`` and ``hark data stats``
+    (entry point ``hark.commands``)."""
     from hark_training.drums import add_drums_command
     from hark_training.importer import add_import_command
 
     data = subparsers.add_parser("data", help="build, import and inspect data sets")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,import,drums,stats}")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,import,drums,stats,voices}")
     add_import_command(commands)
     add_drums_command(commands)
 
@@ -659,7 +660,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         "--workers", type=_positive_int, default=2, metavar="N", help="parallel worker processes (default: %(default)s)"
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_engine_options(build)
     build.set_defaults(func=_cmd_build)
+    add_voices_command(commands)
 
     stats = commands.add_parser("stats", help="count a data set's clips per label and split")
     stats.add_argument(
@@ -670,6 +673,24 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         help="manifest file, or the folder holding manifest.csv (default: %(default)s)",
     )
     stats.set_defaults(func=_cmd_stats)
+
+
+def run_engines(args: argparse.Namespace) -> int:
+    from hark_training.voices import run_engines as run
+
+    return run(args)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    from hark_training.voices import add_engine_options as add
+
+    add(parser)
+
+
+def add_voices_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from hark_training.voices import add_command as add
+
+    add(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -375,6 +375,10 @@ def run(args: argparse.Namespace) -> int:
     where = args.out or version_dir
     print(f"{version_dir} on the {args.split} split of {report['data_manifest']}")
     print(format_table(report))
+    from hark_training.engine_eval import per_engine_table  # a data set with several engines: accuracy per engine
+
+    if table := per_engine_table(version_dir, Path(report["data_manifest"]), args.split):
+        print(table)
     print(f"wrote {', '.join(str(where / name) for name in REPORT_FILES)}")
     return 0
 

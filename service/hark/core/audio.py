@@ -40,6 +40,29 @@ def decode_pcm(data: bytes, encoding: str) -> FloatArray:
     return np.clip(samples, -1.0, 1.0)
 
 
+MAX_CHANNELS = 8
+
+
+def check_channels(channels: int) -> int:
+    """The channel count of interleaved PCM: 0 (unset) means mono; more than :data:`MAX_CHANNELS` is refused."""
+    if channels == 0:
+        return 1
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{channels} channels are not supported; send 1 to {MAX_CHANNELS} interleaved channels")
+    return channels
+
+
+def mix_down(samples: FloatArray, channels: int) -> FloatArray:
+    """Interleaved samples of ``channels`` channels to mono (their mean), so stereo sent as such is heard
+    as one signal instead of as mono at twice the rate (hostile clients: wrong answers, no error)."""
+    if channels == 1:
+        return samples
+    if samples.size % channels:
+        raise AudioError(f"{samples.size} samples is not a whole number of frames of {channels} interleaved channels")
+    mono: FloatArray = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    return mono
+
+
 def encode_pcm(samples: npt.ArrayLike, encoding: str = PCM_S16LE) -> bytes:
     """Float samples in [-1, 1] to little-endian PCM bytes (clipping, rounding to nearest for int16)."""
     x = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)

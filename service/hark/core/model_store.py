@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hark.core.frontend import FrontendConfig, LogMel
 from hark.core.runner import ModelRunner, create_session
+from hark.core.text import quote
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -52,7 +53,7 @@ class VerificationError(Exception):
 def validate_model_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise InvalidModelName(
-            f"model name {name!r} is not valid: use 1-64 characters of a-z, 0-9, '_' and '-', "
+            f"model name {quote(name)} is not valid: use 1-64 characters of a-z, 0-9, '_' and '-', "
             "starting with a letter or digit"
         )
     return name
@@ -364,12 +365,13 @@ class ModelStore:
         versions = models.get(name)
         if not versions:
             available = ", ".join(sorted(models)) or "none"
-            raise ModelNotFound(f"model {name!r} is not served (available: {available})")
+            raise ModelNotFound(f"model {quote(name)} is not served (available: {available})")
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
             raise ModelNotFound(
-                f"model {name!r} has no valid version {version} (available: {', '.join(map(str, sorted(versions)))})"
+                f"model {quote(name)} has no valid version {version} "
+                f"(available: {', '.join(map(str, sorted(versions)))})"
             )
         return versions[version]
 

@@ -1,26 +1,44 @@
 """Admission: how many classification calls run, whether new ones may start, and waiting for them to end.
 
 One object per server, shared by every transport, so ``max_streams`` and a drain mean the same thing
-whichever wire a call came in on.
+whichever wire a call came in on. Three bounds apply before a call may read any audio:
+
+* ``max_streams``: live streams and ``Classify`` calls together (a clip holds a slot like a stream);
+* ``max_clips``: ``Classify`` calls, their own smaller budget, so clips never crowd out live streams;
+* ``max_per_client``: streams and clips per client key. A transport names the keys of a call (its
+  connection, its bearer token), so one connection or one token cannot take every slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 
 from hark.serving.errors import RETRY_PUSHBACK_MS, Refusal
+
+
+def _busy(what: str) -> Refusal:
+    return Refusal(
+        "RESOURCE_EXHAUSTED",
+        f"{what}; retry in {RETRY_PUSHBACK_MS / 1000:g} s",
+        retry_after_ms=RETRY_PUSHBACK_MS,
+    )
 
 
 class Admission:
     """Counts streams (for ``max_streams``) and all classification calls (which a drain waits for)."""
 
-    def __init__(self, max_streams: int) -> None:
+    def __init__(self, max_streams: int, *, max_clips: int | None = None, max_per_client: int | None = None) -> None:
         self.max_streams = max_streams
+        self.max_clips = max_clips if max_clips is not None else max_streams
+        self.max_per_client = max_per_client if max_per_client is not None else max_streams
         self.active_streams = 0
+        self.active_clips = 0
         self.active_calls = 0
         self.draining = False
+        self.per_client: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -30,22 +48,41 @@ class Admission:
             raise Refusal("UNAVAILABLE", "server is shutting down")
 
     @contextlib.contextmanager
-    def stream(self) -> Iterator[None]:
-        """Hold a stream slot (and a call) for the ``with`` block; refuse when draining or at the limit."""
+    def stream(self, clients: Sequence[str] = ()) -> Iterator[None]:
+        """Hold a stream slot (and a call) for the ``with`` block; refuse when draining or at a limit.
+
+        ``clients`` are the keys this call counts against ``max_per_client`` (e.g. ``conn:<peer>``,
+        ``token:<digest>``); their text never reaches a message."""
         self.check_open()
         if self.active_streams >= self.max_streams:
-            raise Refusal(
-                "RESOURCE_EXHAUSTED",
-                f"server is at its limit of {self.max_streams} concurrent streams; "
-                f"retry in {RETRY_PUSHBACK_MS / 1000:g} s",
-                retry_after_ms=RETRY_PUSHBACK_MS,
-            )
+            raise _busy(f"server is at its limit of {self.max_streams} concurrent streams")
+        if any(self.per_client[c] >= self.max_per_client for c in clients):
+            raise _busy(f"this client is at its limit of {self.max_per_client} concurrent streams and clips")
         self.active_streams += 1
+        for c in clients:
+            self.per_client[c] += 1
         try:
             with self.call():
                 yield
         finally:
             self.active_streams -= 1
+            for c in clients:
+                self.per_client[c] -= 1
+                if self.per_client[c] <= 0:
+                    del self.per_client[c]
+
+    @contextlib.contextmanager
+    def clip(self, clients: Sequence[str] = ()) -> Iterator[None]:
+        """Hold a clip slot, and a stream slot, for a ``Classify`` call; taken before its body is read."""
+        self.check_open()
+        if self.active_clips >= self.max_clips:
+            raise _busy(f"server is at its limit of {self.max_clips} concurrent Classify calls")
+        with self.stream(clients):
+            self.active_clips += 1
+            try:
+                yield
+            finally:
+                self.active_clips -= 1
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:

@@ -12,6 +12,7 @@ from typing import Final
 
 from hark.core.audio import AudioError
 from hark.core.model_store import InvalidModelName, ModelNotFound
+from hark.core.text import clip
 from hark.serving.batcher import InferenceError
 from hark.serving.session import StreamTooLong
 
@@ -41,6 +42,7 @@ class Refusal(Exception):
     def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
         if code not in HTTP_STATUS:
             raise ValueError(f"unknown status name {code!r}")
+        message = clip(message)  # the last guard: no client string can make a status (or log line) large
         super().__init__(message)
         self.code = code
         self.message = message

@@ -113,10 +113,15 @@ class HarkMetrics:
             "hark_batch_size", "Windows per inference batch.", mv, buckets=BATCH_BUCKETS, registry=r
         )
         # Traffic
-        self.active_streams = Gauge("hark_active_streams", "StreamClassify calls in progress.", registry=r)
+        self.active_streams = Gauge(
+            "hark_active_streams",
+            "Streams in progress: StreamClassify calls, WebSocket streams, OIP sequences.",
+            registry=r,
+        )
         self.requests = Counter(
             "hark_requests_total",
-            "Classification calls started, by RPC (StreamClassify, Classify).",
+            "Classification calls started, by RPC or transport "
+            "(StreamClassify, Classify, WebSocketStream, ModelInfer, ModelStreamInfer).",
             ["rpc"],
             registry=r,
         )
@@ -432,15 +437,53 @@ def is_loopback(host: str) -> bool:
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
+# Hostile clients: 1,050 half-open requests once held a thread and a descriptor each, for ever. Now a
+# request has REQUEST_TIMEOUT_S to arrive (and each read or write as long), and at most MAX_CONNECTIONS are
+# served at once; more are closed on accept.
+REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32
+# ``verify(token) -> bool``: accepts a bearer token for ``/control-check`` from another origin.
+TokenCheck = Callable[[str], bool]
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = MAX_CONNECTIONS
 
-    def __init__(self, address: tuple[str, int], metrics: HarkMetrics, control: ControlHandler | None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        metrics: HarkMetrics,
+        control: ControlHandler | None,
+        verify: TokenCheck | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.metrics = metrics
         self.control = control
+        self.verify = verify
+        self.active = 0
+        self.refused = 0
+        self._lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            full = self.active >= MAX_CONNECTIONS
+            if not full:
+                self.active += 1
+        if full:
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip nobody needs here.
@@ -452,6 +495,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT_S  # the socket's timeout: a request that stalls is dropped
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -473,12 +517,39 @@ class _Handler(BaseHTTPRequestHandler):
         if not is_loopback(self.client_address[0]):
             self._json(403, {"error": "control checks may only be requested from the server's own host"})
             return
+        if not self._same_origin_or_token():
+            self._json(
+                403,
+                {"error": "control checks from a web page need the same origin or 'Authorization: Bearer <token>'"},
+            )
+            return
         if self.server.control is None:
             self._json(503, {"error": "control checks are not available on this server"})
             return
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         status, body = self.server.control(query)
         self._json(status, body)
+
+    def _same_origin_or_token(self) -> bool:
+        """True for a request no browser page on another origin sent, or one with a valid bearer token.
+
+        Hostile clients: any page open in a browser on the host could POST here (loopback is the browser's
+        own host). Browsers mark such requests with ``Origin`` and ``Sec-Fetch-Site``; curl and the CLI send
+        neither."""
+        token = self.headers.get("Authorization", "")
+        if self.server.verify is not None and token.lower().startswith("bearer "):
+            return self.server.verify(token[7:].strip())
+        origin = self.headers.get("Origin")
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        if origin is None:
+            return True
+        host = self.headers.get("Host", "")
+        name = urlsplit(f"http://{host}").hostname or ""
+        if not (name == "localhost" or is_loopback(name)):  # DNS rebinding: a page's own name, pointed here
+            return False
+        return origin in (f"http://{host}", f"https://{host}")
 
     def _json(self, status: int, body: dict[str, Any], allow: str = "") -> None:
         self._send(status, (json.dumps(body) + "\n").encode(), "application/json", allow)
@@ -499,8 +570,15 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """``/metrics`` and ``/control-check`` over HTTP, on a thread of their own."""
 
-    def __init__(self, metrics: HarkMetrics, host: str, port: int, control: ControlHandler | None = None) -> None:
-        self._httpd = _HTTPServer((host, port), metrics, control)  # binds now: a taken port fails here
+    def __init__(
+        self,
+        metrics: HarkMetrics,
+        host: str,
+        port: int,
+        control: ControlHandler | None = None,
+        verify: TokenCheck | None = None,
+    ) -> None:
+        self._httpd = _HTTPServer((host, port), metrics, control, verify)  # binds now: a taken port fails here
         self.host = host
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(

@@ -21,21 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hark.config import Settings
-from hark.core.audio import PCM_S16LE, AudioError, check_sample_rate, decode_pcm, resample
+from hark.core.audio import PCM_S16LE, AudioError, check_channels, check_sample_rate, decode_pcm, mix_down, resample
 from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
 from hark.core.postprocess import ONSET, DetectionOverrides, PostprocessConfig, active_classes, aggregate_clip
+from hark.core.text import quote
 from hark.serving.batcher import Batcher, BatcherPool
+from hark.serving.budget import AudioBudget
 from hark.serving.capture import AudioCapture, StreamCapture
 from hark.serving.errors import Refusal
+from hark.serving.limits import RealTimePacer
 from hark.serving.metrics import HarkMetrics, ModelInstruments
 from hark.serving.session import Scored, StreamSession, Window, clip_windows
 
@@ -55,6 +57,7 @@ class StreamOptions:
     sample_rate_hz: int = 16000
     encoding: str = PCM_S16LE
     emit_scores: bool = False
+    channels: int = 1  # interleaved channels, mixed down to mono
     detection: DetectionOverrides = field(default_factory=DetectionOverrides)
 
 
@@ -86,11 +89,16 @@ class StreamPipeline:
         batcher: Batcher,
         instruments: ModelInstruments | None = None,
         capture: StreamCapture | None = None,
+        *,
+        budget: AudioBudget | None = None,
+        pacer: RealTimePacer | None = None,
     ) -> None:
         self.session = session
         self.batcher = batcher
         self.instruments = instruments
         self.capture = capture
+        self.budget = budget  # None: unbounded (the control check's own clips)
+        self.pacer = pacer  # None: any speed
 
     @property
     def model(self) -> LoadedModel:
@@ -108,8 +116,14 @@ class StreamPipeline:
         if self.instruments is not None:
             self.instruments.chunk(len(pcm))
         session = self.session
-        windows = await asyncio.to_thread(session.feed_pcm, pcm) if len(pcm) > OFFLOAD_BYTES else session.feed_pcm(pcm)
-        return await self._score(windows, arrived)
+        before = session.input_samples
+        with self.budget.reserve(len(pcm)) if self.budget is not None else nullcontext():
+            big = len(pcm) > OFFLOAD_BYTES
+            windows = await asyncio.to_thread(session.feed_pcm, pcm) if big else session.feed_pcm(pcm)
+            results = await self._score(windows, arrived)
+        if self.pacer is not None:  # hostile clients: a stream past its burst is held to N x real time
+            await self.pacer.pace((session.input_samples - before) / session.sample_rate)
+        return results
 
     async def finish(self) -> list[Scored]:
         """End of audio: the tail is padded so the last audio is scored too; then the offsets of classes
@@ -122,7 +136,7 @@ class StreamPipeline:
         if not windows:
             return []
         live = [w.features for w in windows if not w.gated]
-        probabilities = iter(await self.batcher.submit_many(live) if live else [])
+        probabilities = iter(await submit_fairly(self.batcher, live))
         results = []
         for window in windows:
             p = self.session.gated_probabilities() if window.gated else next(probabilities)
@@ -133,6 +147,22 @@ class StreamPipeline:
                     window.features, p, (e.label for e in scored.events if e.kind == ONSET), arrived
                 )
         return results
+
+
+async def submit_fairly(batcher: Batcher, windows: Sequence[FloatArray]) -> list[FloatArray]:
+    """Score ``windows`` through the shared batcher, at most one batch of them queued at a time.
+
+    Hostile clients: a 1 MiB chunk (32 s of audio) or a long clip completes hundreds of windows at once;
+    queued together they would make every other stream's next window wait behind all of them. A slice at a
+    time bounds one caller's backlog in the queue to ``max_batch`` windows, so streams take turns.
+    """
+    step = batcher.max_batch
+    if len(windows) <= step:
+        return await batcher.submit_many(windows) if windows else []
+    out: list[FloatArray] = []
+    for i in range(0, len(windows), step):
+        out += await batcher.submit_many(windows[i : i + step])
+    return out
 
 
 class DataPlane:
@@ -151,6 +181,10 @@ class DataPlane:
         self.pool = pool
         self.metrics = metrics
         self.capture = capture
+        self.budget = AudioBudget(settings.audio_budget_bytes)  # live streams
+        self.clip_budget = AudioBudget(
+            settings.clip_budget_bytes, "Classify clips in flight"
+        )  # Classify, apart (hostile clients)
 
     def resolve(self, name: str, version: int) -> LoadedModel:
         return self.store.resolve(name, version)
@@ -170,7 +204,6 @@ class DataPlane:
         except ValueError as e:
             raise Refusal("INVALID_ARGUMENT", f"detection settings: {e}") from e
         instruments = self.metrics.instruments(model) if observed else None
-        hooks: dict[str, Any] = {"observe": instruments.observe, "on_audio": instruments.audio} if instruments else {}
         session = StreamSession(
             model,
             sample_rate=options.sample_rate_hz,
@@ -178,20 +211,29 @@ class DataPlane:
             settings=self.settings,
             stream_id=stream_id,
             emit_scores=options.emit_scores,
+            channels=options.channels,
             detection=options.detection,
-            **hooks,
         )
+        if instruments is not None:
+            session.observe_with(instruments.observe, instruments.audio)
         capture = None
         if observed and self.capture is not None:
             capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)
-        return self._leased(session, instruments, capture)
+        # Client traffic is paced and budgeted; the control check's own streams are not.
+        pacer = RealTimePacer(self.settings.max_realtime_factor, self.settings.realtime_burst_s) if observed else None
+        return self._leased(session, instruments, capture, self.budget if observed else None, pacer)
 
     @contextmanager
     def _leased(
-        self, session: StreamSession, instruments: ModelInstruments | None, capture: StreamCapture | None
+        self,
+        session: StreamSession,
+        instruments: ModelInstruments | None,
+        capture: StreamCapture | None,
+        budget: AudioBudget | None,
+        pacer: RealTimePacer | None,
     ) -> Iterator[StreamPipeline]:
         with self.pool.lease(session.model) as batcher:
-            yield StreamPipeline(session, batcher, instruments, capture)
+            yield StreamPipeline(session, batcher, instruments, capture, budget=budget, pacer=pacer)
 
     async def classify(
         self,
@@ -201,14 +243,24 @@ class DataPlane:
         encoding: str = PCM_S16LE,
         model: str = "",
         version: int = 0,
+        channels: int = 1,
     ) -> ClipResult:
-        """A whole clip's scores: PCM bytes in ``encoding`` (or float samples) at ``sample_rate_hz``."""
+        """A whole clip's scores: PCM bytes in ``encoding`` (or float samples) at ``sample_rate_hz``,
+        ``channels`` interleaved channels mixed down to mono."""
         rate = check_sample_rate(sample_rate_hz)
+        channels = check_channels(channels)
         loaded = self.store.resolve(model, version)
         nbytes = pcm.nbytes if isinstance(pcm, np.ndarray) else len(pcm)
         if nbytes == 0:
             raise AudioError("pcm is empty: send the clip's samples")
+        with self.clip_budget.reserve(nbytes):
+            return await self._classify(pcm, nbytes, rate, encoding, loaded, channels)
+
+    async def _classify(
+        self, pcm: bytes | FloatArray, nbytes: int, rate: int, encoding: str, loaded: LoadedModel, channels: int
+    ) -> ClipResult:
         samples = pcm.astype(np.float32, copy=False) if isinstance(pcm, np.ndarray) else decode_pcm(pcm, encoding)
+        samples = mix_down(samples, channels)
         if samples.size / rate > self.settings.max_stream_s:
             raise Refusal(
                 "INVALID_ARGUMENT",
@@ -217,7 +269,7 @@ class DataPlane:
         target = loaded.manifest.frontend.sample_rate
         windows = await asyncio.to_thread(lambda: clip_windows(resample(samples, rate, target), loaded))
         with self.pool.lease(loaded) as batcher:
-            probabilities = np.stack(await batcher.submit_many(list(windows)))
+            probabilities = np.stack(await submit_fairly(batcher, list(windows)))
         instruments = self.metrics.instruments(loaded)
         instruments.audio(samples, rate)
         instruments.clip(nbytes, windows, probabilities)
@@ -249,5 +301,5 @@ class DataPlane:
         models = self.store.models()
         if name not in models:
             available = ", ".join(sorted(models)) or "none"
-            raise ModelNotFound(f"model {name!r} is not served (available: {available})")
+            raise ModelNotFound(f"model {quote(name)} is not served (available: {available})")
         return name, models[name]

@@ -29,8 +29,10 @@ from hark.core.audio import (
     BYTES_PER_SAMPLE,
     AudioError,
     StreamResampler,
+    check_channels,
     check_sample_rate,
     decode_pcm,
+    mix_down,
 )
 from hark.core.frontend import FrontendConfig, LogMel, StreamingLogMel
 from hark.core.model_store import LoadedModel
@@ -116,6 +118,7 @@ class StreamSession:
         detection: DetectionOverrides | None = None,
         observe: StageObserver = _ignore,
         on_audio: AudioObserver = _ignore_audio,
+        channels: int = 1,
     ) -> None:
         if encoding not in BYTES_PER_SAMPLE:
             raise AudioError(f"unsupported encoding {encoding!r}; use one of {sorted(BYTES_PER_SAMPLE)}")
@@ -124,6 +127,7 @@ class StreamSession:
         self.emit_scores = emit_scores
         self.sample_rate = check_sample_rate(sample_rate)
         self.encoding = encoding
+        self.channels = check_channels(channels)  # interleaved input is mixed down to mono on decode
         self.max_chunk_bytes = settings.max_chunk_bytes
         self.max_stream_s = settings.max_stream_s
         self._observe = observe
@@ -160,6 +164,11 @@ class StreamSession:
         self.windows = 0
         self.events = 0
 
+    def observe_with(self, observe: StageObserver, on_audio: AudioObserver) -> None:
+        """Hook in stage timings and decoded-audio statistics (the version's metric instruments)."""
+        self._observe = observe
+        self._on_audio = on_audio
+
     # Audio in ---------------------------------------------------------------------------------------
 
     @property
@@ -175,7 +184,7 @@ class StreamSession:
                 "send smaller chunks (100 ms of audio is typical)"
             )
         t0 = time.perf_counter()
-        samples = decode_pcm(data, self.encoding)
+        samples = mix_down(decode_pcm(data, self.encoding), self.channels)
         self._observe("decode", time.perf_counter() - t0)
         return samples
 

@@ -17,7 +17,7 @@ PCM_S16LE: AudioEncoding
 PCM_F32LE: AudioEncoding
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "class_thresholds", "sensitivity", "allowed_classes")
+    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "channels", "class_thresholds", "sensitivity", "allowed_classes")
     class ClassThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class StreamConfig(_message.Message):
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     EMIT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -38,10 +39,11 @@ class StreamConfig(_message.Message):
     sample_rate_hz: int
     encoding: AudioEncoding
     emit_scores: bool
+    channels: int
     class_thresholds: _containers.ScalarMap[str, float]
     sensitivity: float
     allowed_classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., emit_scores: _Optional[bool] = ..., class_thresholds: _Optional[_Mapping[str, float]] = ..., sensitivity: _Optional[float] = ..., allowed_classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., emit_scores: _Optional[bool] = ..., channels: _Optional[int] = ..., class_thresholds: _Optional[_Mapping[str, float]] = ..., sensitivity: _Optional[float] = ..., allowed_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("pcm",)
@@ -114,18 +116,20 @@ class StreamResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[StreamStarted, _Mapping]] = ..., scores: _Optional[_Union[WindowScores, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "pcm")
+    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "pcm", "channels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     sample_rate_hz: int
     encoding: AudioEncoding
     pcm: bytes
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., pcm: _Optional[bytes] = ...) -> None: ...
+    channels: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., pcm: _Optional[bytes] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "score")

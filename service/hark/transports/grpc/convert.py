@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hark.core.audio import PCM_F32LE, PCM_S16LE, AudioError, check_sample_rate
+from hark.core.audio import PCM_F32LE, PCM_S16LE, AudioError, check_channels, check_sample_rate
 from hark.core.model_store import LoadedModel
 from hark.core.postprocess import OFFSET, Detection, DetectionOverrides
 from hark.serving.pipeline import ClipResult, StreamOptions
@@ -34,6 +34,7 @@ def stream_options(config: hark_pb2.StreamConfig) -> StreamOptions:
             sensitivity=float(config.sensitivity),
             allowed=tuple(config.allowed_classes),
         ),
+        channels=check_channels(config.channels),
     )
 
 

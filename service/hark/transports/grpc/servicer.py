@@ -10,9 +10,11 @@ Status codes:
   sample rate or encoding, a partial sample or a non-finite float, a chunk over ``max_chunk_bytes``, an
   invalid model name, an empty or over-long ``Classify`` clip. Empty audio chunks are allowed and ignored.
 * ``NOT_FOUND``: no such model or version (the message lists what is available).
-* ``RESOURCE_EXHAUSTED``: more than ``max_streams`` concurrent streams; a stream longer than ``max_stream_s``;
-  a message over ``max_message_bytes`` (refused by gRPC itself).
-* ``DEADLINE_EXCEEDED``: no message on a stream for ``idle_timeout_s``.
+* ``RESOURCE_EXHAUSTED``: more than ``max_streams`` concurrent streams and clips, ``max_clip_calls`` clips,
+  or ``max_streams_per_client`` for one connection or token; the in-flight audio budget full; a stream
+  longer than ``max_stream_s``; a message over the receive limit (refused by gRPC itself).
+* ``DEADLINE_EXCEEDED``: no audio on a stream for ``idle_timeout_s`` (empty chunks do not count); a
+  ``Classify`` request not arrived whole within ``request_timeout_s``.
 * ``UNAVAILABLE``: the server is shutting down.
 * ``INTERNAL``: inference failed for the batch a window was in (other streams carry on).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from typing import Any, NoReturn
@@ -29,7 +32,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hark.core.audio import check_sample_rate
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
+from hark.security import bearer_token
 from hark.serving.admission import Admission
 from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.pipeline import DataPlane, StreamPipeline
@@ -40,6 +45,17 @@ from hark.v1 import hark_pb2, hark_pb2_grpc
 SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 
 log = get_logger("hark.server")
+
+
+def client_keys(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
+    """What a call counts against ``max_streams_per_client``: its connection, and its bearer token (as a
+    digest: the token itself is never kept)."""
+    keys = [f"conn:{context.peer()}"]
+    with contextlib.suppress(Exception):  # metadata the client mangled: the connection key still applies
+        token, _ = bearer_token(context.invocation_metadata())
+        if token is not None:
+            keys.append("token:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16])
+    return tuple(keys)
 
 
 class _CallEnded(Exception):
@@ -62,7 +78,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.admission = admission
         self.idle_timeout_s = plane.settings.idle_timeout_s
         self.metrics = plane.metrics
+        self.request_timeout_s = plane.settings.request_timeout_s
         self._detached: set[asyncio.Task[None]] = set()  # statuses still being delivered (_abort_detached)
+        self._ended_log = LogSampler()  # cancellations and vanished clients: at most 10 lines a second
+        self._refused_log = LogSampler(20)  # refusals (every one is still counted in hark_errors_total)
 
     @property
     def active_streams(self) -> int:
@@ -80,7 +99,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.metrics.request("StreamClassify")
         try:
             try:
-                with self.admission.stream():
+                with self.admission.stream(client_keys(context)):
                     await self._stream(context, stream_id, slog)  # refuses what goes wrong inside itself
             except Refusal as e:  # draining, or at max_streams
                 await self._abort(context, slog, e)
@@ -106,7 +125,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                     # behind a write that a non-reading client has stalled.
                     await context.send_initial_metadata(())
                     await self._write(context, convert.started(pipeline.model))
-                    while (request := await self._read(context)) is not None:
+                    # Idle means no audio: the idle clock restarts only when a chunk carries samples.
+                    last_audio = time.monotonic()
+                    while (request := await self._read(context, since=last_audio)) is not None:
                         kind = request.WhichOneof("request")
                         if kind == "config":
                             raise Refusal(
@@ -116,6 +137,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                         if kind != "audio":
                             raise Refusal("INVALID_ARGUMENT", "empty StreamRequest: set config or audio")
                         await self._send(context, pipeline, await pipeline.feed(request.audio.pcm))
+                        if request.audio.pcm:  # from here: time spent pacing or writing is not idle
+                            last_audio = time.monotonic()
                     await self._send(context, pipeline, await pipeline.finish())
                 finally:
                     if pipeline.capture is not None:
@@ -135,12 +158,14 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             slog.info("request refused", code="DEADLINE_EXCEEDED", error=str(e))
             await self._abort_detached(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except _CallEnded:
-            slog.info("stream ended by the client or its deadline", audio_s=_audio_s(pipeline))
+            if (skipped := self._ended_log.allow()) is not None:
+                slog.info("stream ended by the client or its deadline", audio_s=_audio_s(pipeline), skipped=skipped)
         except Exception as e:  # a bug: say so, keep the details in the log, not on the wire
             slog.exception("stream failed")
             await self._abort(context, slog, e)
         except asyncio.CancelledError:
-            slog.info("stream cancelled", audio_s=_audio_s(pipeline))
+            if (skipped := self._ended_log.allow()) is not None:
+                slog.info("stream cancelled", audio_s=_audio_s(pipeline), skipped=skipped)
             raise
 
     async def _first_config(self, context: grpc.aio.ServicerContext) -> hark_pb2.StreamConfig:
@@ -154,14 +179,18 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             )
         return first.config
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> hark_pb2.StreamRequest | None:
-        """The next request, or None at the client's half-close; a silent client is ended."""
+    async def _read(
+        self, context: grpc.aio.ServicerContext, since: float | None = None
+    ) -> hark_pb2.StreamRequest | None:
+        """The next request, or None at the client's half-close; a client without audio since ``since``
+        (monotonic; now when None) for ``idle_timeout_s`` is ended."""
+        left = self.idle_timeout_s - (time.monotonic() - since) if since is not None else self.idle_timeout_s
         try:
-            async with asyncio.timeout(self.idle_timeout_s):
+            async with asyncio.timeout(max(0.0, left)):
                 request = await context.read()
         except TimeoutError:
             raise Refusal(
-                "DEADLINE_EXCEEDED", f"no message for {self.idle_timeout_s:g} s; send audio or close the stream"
+                "DEADLINE_EXCEEDED", f"no audio for {self.idle_timeout_s:g} s; send audio or close the stream"
             ) from None
         except DecodeError:
             raise Refusal(
@@ -218,11 +247,28 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
     async def Classify(
         self, request: hark_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> hark_pb2.ClassifyResponse:
+        """``Classify`` as the generated stubs register it (a unary handler: gRPC reads the whole body
+        before it runs). :func:`add_to_server` registers :meth:`ClassifyAdmitted` instead."""
+        return await self._classify(context, request)
+
+    async def ClassifyAdmitted(self, requests: Any, context: grpc.aio.ServicerContext) -> hark_pb2.ClassifyResponse:
+        """``Classify`` registered as request-streaming, so a call is admitted before its body is read.
+
+        Hostile clients: gRPC buffers a unary request whole before any handler runs, so 200 unfinished
+        4 MB requests held 1.4 GB that no limit of Hark's could see. Here a call takes its slot (``max_streams``,
+        ``max_clip_calls``, the per-client limit) at the headers; until then gRPC holds only one flow-control
+        window of its bytes. Admitted, it has ``request_timeout_s`` for the message to arrive whole.
+        The client sees an ordinary unary call.
+        """
+        return await self._classify(context, requests)
+
+    async def _classify(self, context: grpc.aio.ServicerContext, source: Any) -> hark_pb2.ClassifyResponse:
         slog = log.bind(rpc="Classify")
         self.metrics.request("Classify")
         try:
             try:
-                with self.admission.call():
+                with self.admission.clip(client_keys(context)):
+                    request = source if isinstance(source, hark_pb2.ClassifyRequest) else await self._whole(context)
                     check_sample_rate(request.sample_rate_hz)
                     encoding = convert.encoding_of(request.encoding)
                     result = await self.plane.classify(
@@ -231,12 +277,32 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                         encoding=encoding,
                         model=request.model,
                         version=request.version,
+                        channels=request.channels,
                     )
             except REFUSALS as e:
                 await self._abort(context, slog, e)
             return convert.classify_response(result)
         except grpc.aio.AbortError as e:
             raise _bare(e) from None
+
+    async def _whole(self, context: grpc.aio.ServicerContext) -> hark_pb2.ClassifyRequest:
+        """The one ``ClassifyRequest`` of a request-streaming ``Classify`` call, within ``request_timeout_s``."""
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                request = await context.read()
+        except TimeoutError:
+            raise Refusal(
+                "DEADLINE_EXCEEDED",
+                f"the request did not arrive whole within {self.request_timeout_s:g} s; send the clip at once",
+            ) from None
+        except DecodeError:
+            raise Refusal(
+                "INVALID_ARGUMENT", "the request is not a valid hark.v1.ClassifyRequest (malformed protobuf)"
+            ) from None
+        if request is grpc.aio.EOF:
+            raise Refusal("INVALID_ARGUMENT", "the call ended before its ClassifyRequest was sent")
+        assert isinstance(request, hark_pb2.ClassifyRequest)
+        return request
 
     # Models ------------------------------------------------------------------------------------------
 
@@ -262,13 +328,41 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.metrics.error(refusal.code)
         if refusal.code == "INTERNAL":
             slog.error("request failed", code=refusal.code, error=refusal.message)
-        else:
-            slog.info("request refused", code=refusal.code, error=refusal.message)
+        elif (skipped := self._refused_log.allow()) is not None:  # a flood of refusals: 10 lines a second
+            slog.info("request refused", code=refusal.code, error=refusal.message, skipped=skipped)
         trailers = (
             (("grpc-retry-pushback-ms", str(refusal.retry_after_ms)),) if refusal.retry_after_ms is not None else ()
         )
         await context.abort(status_code(refusal), refusal.message, trailers)
         raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def add_to_server(servicer: ClassifierService, server: grpc.aio.Server) -> None:
+    """Register the servicer like ``add_ClassifierServicer_to_server``, but with ``Classify`` as a
+    request-streaming handler (:meth:`ClassifierService.ClassifyAdmitted`): same wire, same clients."""
+    handlers = {
+        "StreamClassify": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamClassify,
+            request_deserializer=hark_pb2.StreamRequest.FromString,
+            response_serializer=hark_pb2.StreamResponse.SerializeToString,
+        ),
+        "Classify": grpc.stream_unary_rpc_method_handler(
+            servicer.ClassifyAdmitted,
+            request_deserializer=hark_pb2.ClassifyRequest.FromString,
+            response_serializer=hark_pb2.ClassifyResponse.SerializeToString,
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=hark_pb2.ListModelsRequest.FromString,
+            response_serializer=hark_pb2.ListModelsResponse.SerializeToString,
+        ),
+        "GetModel": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModel,
+            request_deserializer=hark_pb2.GetModelRequest.FromString,
+            response_serializer=hark_pb2.ModelInfo.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 def _audio_s(pipeline: StreamPipeline | None) -> float:

@@ -1,0 +1,114 @@
+"""Per-engine evaluation on streams, and per-class thresholds chosen for a false-alarm budget.
+
+The tiny model of ``tests/fixtures_models.py`` hears loud noise as ``yes`` and near-silence as ``_silence_``,
+so a stream of quiet with noise bursts is a stream of known ``yes`` events.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from hark.core.model_store import load_version, read_manifest
+from hark_training import engine_eval
+from hark_training.voices import STREAM_COLUMNS, STREAMS_FILE
+from tests.fixtures_models import noise, publish_tiny, quiet
+
+
+def _stream(folder: Path, name: str, bursts: list[float], seconds: float = 20.0, level: float = 0.3) -> Path:
+    audio = quiet(seconds)
+    for t in bursts:
+        start = int(t * 16_000)
+        audio[start : start + 14_400] = noise(0.9, level=level, seed=int(t * 10))
+    path = folder / f"{name}.wav"
+    sf.write(path, audio, 16_000, subtype="PCM_16")
+    return path
+
+
+def _streams_csv(folder: Path, rows: list[dict[str, str]]) -> None:
+    with (folder / STREAMS_FILE).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(STREAM_COLUMNS), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _row(name: str, split: str, kind: str, events: str = "", engine: str = "pico") -> dict[str, str]:
+    return {"path": f"{name}.wav", "split": split, "engine": engine, "voice": "v", "licence": "x", "kind": kind,
+            "duration_s": "20.0", "events": events}  # fmt: skip
+
+
+def test_events_match_keywords_said_just_before_them_once_each() -> None:
+    truth = [("yes", 1.0, 1.5), ("yes", 5.0, 5.4)]
+    tp, fp, fn, false = engine_eval.match([("yes", 1.9), ("yes", 2.0), ("no", 5.5), ("yes", 9.0)], truth)
+    assert (tp, fp, fn) == (1, 3, 1)
+    assert ("no", 5.5) in false
+
+
+def test_stream_report_counts_hits_misses_and_false_alarms_per_hour(tmp_path: Path) -> None:
+    loaded = load_version(publish_tiny(tmp_path / "store"))
+    data = tmp_path / "data"
+    data.mkdir()
+    _stream(data, "kw", [3.0, 9.0, 15.0])
+    _stream(data, "free", [6.0])
+    _stream(data, "quiet", [])
+    _streams_csv(
+        data,
+        [
+            _row("kw", "test", "keywords", "yes@3.000-3.900;yes@9.000-9.900;no@15.000-15.900"),
+            _row("free", "test", "keyword-free"),
+            _row("quiet", "test", "keyword-free"),
+            _row("free", "val", "keyword-free", engine="other"),
+        ],
+    )
+    report = engine_eval.stream_report(loaded, data, ["test"])
+    assert set(report) == {"pico"}
+    pico = report["pico"]
+    assert pico["keywords"] == 3
+    assert pico["event_recall"] == 2 / 3
+    assert pico["event_precision"] == 2 / 3  # the burst said as "no" is heard as "yes": a false event
+    assert pico["false_alarms_per_hour"] == 1 / (40 / 3600)
+
+
+def test_thresholds_are_raised_until_the_budget_holds_and_land_in_the_manifest(tmp_path: Path) -> None:
+    version = publish_tiny(tmp_path / "store")
+    loaded = load_version(version)
+    data = tmp_path / "data"
+    data.mkdir()
+    _stream(data, "free", [4.0, 10.0, 16.0], level=0.08)  # faint bursts: the tiny model is unsure of them
+    _streams_csv(data, [_row("free", "val", "keyword-free")])
+    times, probs = engine_eval.stream_probabilities(loaded, np.asarray(sf.read(data / "free.wav")[0]))
+    assert engine_eval.detect(loaded.manifest, times, probs, {"yes": 0.4}), "the faint bursts fire at 0.4"
+    chosen = engine_eval.tune_thresholds(loaded, data, budget_per_hour=0.0)
+    assert chosen["yes"] > 0.4
+    assert all(chosen[k] == engine_eval.THRESHOLD_GRID[0] for k in chosen if k != "yes"), "quiet classes stay low"
+    assert not engine_eval.detect(loaded.manifest, times, probs, chosen)
+    engine_eval.write_thresholds(version, chosen, {"budget_per_hour": 0.0})
+    manifest = read_manifest(version)
+    assert manifest.thresholds == chosen
+    assert json.loads((version / "manifest.json").read_text())["metrics"]["thresholds"]["budget_per_hour"] == 0.0
+    load_version(version)  # still verifies
+
+
+def test_the_model_card_lists_training_engines_licences_and_held_out_engines(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    rows = [
+        ("a.wav", "yes", "train", "espeak-ng:x", "espeak-ng", "espeak-ng", "GPL-3.0"),
+        ("b.wav", "no", "train", "mbrola:de4", "mbrola", "mbrola", "MBROLA voice licence (non-commercial)"),
+        ("c.wav", "no", "val", "pico:en-US", "pico", "pico", "Apache-2.0"),
+        ("d.wav", "go", "test", "rhvoice:bdl", "rhvoice", "rhvoice", "LGPL-2.1"),
+    ]
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", "voice", "source", "engine", "licence"])
+        writer.writerows(rows)
+    card = engine_eval.model_card(manifest)
+    assert set(card["training_engines"]) == {"espeak-ng", "mbrola"}
+    assert card["held_out_engines"] == {"pico": ["val"], "rhvoice": ["test"]}
+    assert card["non_commercial_training_material"] is True
+    version = publish_tiny(tmp_path / "store")
+    engine_eval.write_model_card(version, card)
+    assert read_manifest(version).training["model_card"]["training_licences"] == card["training_licences"]

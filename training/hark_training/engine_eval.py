@@ -1,0 +1,414 @@
+"""Per-engine evaluation of a published version, and per-class thresholds for a false-alarm budget.
+
+``hark engines eval VERSION --data DIR`` measures, for every engine in the data set's held-out splits:
+
+* **clip accuracy**: top-1 on its 1-s clips (isolated words and windows of running speech), as ``hark eval``;
+* **event F1** on its keyword streams: each stream goes through the version's frontend, runner and the
+  server's own :class:`~hark.core.postprocess.Postprocessor` (default settings) window by window, and an event
+  counts when its label matches a keyword said between 0.3 s before and 1.2 s after the event;
+* **false alarms per hour** on its keyword-free streams: every event there is one.
+
+``hark engines thresholds VERSION --data DIR --budget F`` picks, per class, the lowest threshold whose false
+alarms on the validation engines' keyword-free streams stay within ``F`` per hour split over the classes, and
+writes them into the version's manifest as ``thresholds``. Per-class thresholds are simulated exactly by
+scaling each class's probability by ``threshold / class threshold`` before the global-threshold postprocessor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import stat
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hark.config import Settings
+from hark.core.audio import read_audio
+from hark.core.frontend import LogMel
+from hark.core.model_store import (
+    MANIFEST_FILE,
+    LoadedModel,
+    Manifest,
+    VerificationError,
+    load_version,
+    read_manifest,
+)
+from hark.core.postprocess import PostprocessConfig, Postprocessor
+from hark_training.features import extract
+from hark_training.voices import parse_events, streams_of
+
+FloatArray = npt.NDArray[np.float64]
+EARLY_S, LATE_S = 0.3, 1.2
+"""An event matches a keyword said from ``EARLY_S`` before to ``LATE_S`` after it (window centre + smoothing lag)."""
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(x, 2) for x in np.arange(0.40, 0.99, 0.02))
+
+
+# --- streams ----------------------------------------------------------------------------------------------------
+
+
+def stream_probabilities(loaded: LoadedModel, audio: npt.NDArray[np.floating[Any]]) -> tuple[FloatArray, FloatArray]:
+    """Window centre times and class probabilities of a whole stream, windows where the server makes them."""
+    m = loaded.manifest
+    c = m.frontend
+    frames = LogMel(c).frames(audio)
+    if frames.shape[0] < m.window_frames:
+        return np.zeros(0), np.zeros((0, len(m.labels)))
+    starts = np.arange(0, frames.shape[0] - m.window_frames + 1, m.hop_frames)
+    view = np.lib.stride_tricks.sliding_window_view(frames, m.window_frames, axis=0)[starts].transpose(0, 2, 1)
+    x = np.ascontiguousarray(view, dtype=np.float32)
+    probs = np.concatenate([loaded.runner.run(x[i : i + 256]) for i in range(0, len(x), 256)]).astype(np.float64)
+    centres = (starts * c.hop_length + c.n_samples(m.window_frames) / 2) / c.sample_rate
+    return centres, probs
+
+
+def detect(
+    manifest: Manifest,
+    times: FloatArray,
+    probs: FloatArray,
+    thresholds: Mapping[str, float] | None = None,
+    settings: Settings | None = None,
+) -> list[tuple[str, float]]:
+    """The events the server's postprocessor raises, with per-class thresholds when given."""
+    config = PostprocessConfig.from_settings(settings or Settings(), manifest)
+    scale = np.array([config.threshold / (thresholds or {}).get(label, config.threshold) for label in config.labels])
+    post = Postprocessor(config)
+    events: list[tuple[str, float]] = []
+    for t, p in zip(times, probs * scale, strict=True):
+        events += [(d.label, d.time_s) for d in post.update(p, float(t))[1]]
+    return events
+
+
+def match(
+    events: Sequence[tuple[str, float]], truth: Sequence[tuple[str, float, float]]
+) -> tuple[int, int, int, list[tuple[str, float]]]:
+    """True positives, false positives, misses, and the false events themselves."""
+    used = [False] * len(truth)
+    tp, false = 0, []
+    for label, t in events:
+        hit = next(
+            (
+                i
+                for i, (lab, s, e) in enumerate(truth)
+                if not used[i] and lab == label and s - EARLY_S <= t <= e + LATE_S
+            ),
+            None,
+        )
+        if hit is None:
+            false.append((label, t))
+        else:
+            used[hit] = True
+            tp += 1
+    return tp, len(false), used.count(False), false
+
+
+def stream_report(
+    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], thresholds: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Event F1 and false alarms per hour per engine, over the streams of ``splits``."""
+    acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    rate = loaded.manifest.frontend.sample_rate
+    for row in streams_of(data_dir):
+        if row["split"] not in splits:
+            continue
+        audio = read_audio(Path(data_dir) / row["path"], rate)
+        times, probs = stream_probabilities(loaded, audio)
+        events = detect(loaded.manifest, times, probs, thresholds)
+        a = acc[row["engine"]]
+        if row["kind"] == "keyword-free":
+            a["free_hours"] += float(row["duration_s"]) / 3600
+            a["false_alarms"] += len(events)
+        else:
+            tp, fp, fn, _ = match(events, parse_events(row["events"]))
+            a["tp"] += tp
+            a["fp"] += fp
+            a["fn"] += fn
+    return {engine: _event_figures(a) for engine, a in sorted(acc.items())}
+
+
+def _event_figures(a: Mapping[str, float]) -> dict[str, Any]:
+    tp, fp, fn = a.get("tp", 0.0), a.get("fp", 0.0), a.get("fn", 0.0)
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    hours = a.get("free_hours", 0.0)
+    return {
+        "event_f1": f1,
+        "event_precision": precision,
+        "event_recall": recall,
+        "keywords": int(tp + fn),
+        "false_alarms_per_hour": a.get("false_alarms", 0.0) / hours if hours else None,
+        "keyword_free_minutes": round(hours * 60, 1),
+    }
+
+
+# --- clips ------------------------------------------------------------------------------------------------------
+
+
+def clip_rows(data_dir: Path, splits: Sequence[str]) -> list[dict[str, str]]:
+    with (Path(data_dir) / "manifest.csv").open(newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if r["split"] in splits]
+
+
+def clip_report(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> dict[str, Any]:
+    """Top-1 accuracy per engine (and per kind of clip) over the clips of ``splits``."""
+    rows = [r for r in clip_rows(data_dir, splits) if (r.get("engine") or "") != "noise"]
+    m = loaded.manifest
+    x = extract([Path(data_dir) / r["path"] for r in rows], m.frontend, m.window_frames, progress=False)
+    probs = np.concatenate([loaded.runner.run(x[i : i + 256].astype(np.float32)) for i in range(0, len(x), 256)])
+    predicted = [m.labels[int(i)] for i in probs.argmax(axis=1)]
+    out: dict[str, Any] = {}
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for r, p in zip(rows, predicted, strict=True):
+        engine = r.get("engine") or r["source"]
+        ok = p == r["label"]
+        groups[engine].append(ok)
+        groups[f"{engine}/{r.get('kind') or 'word'}"].append(ok)
+    for name, oks in sorted(groups.items()):
+        out[name] = {"accuracy": round(float(np.mean(oks)), 4), "clips": len(oks)}
+    return out
+
+
+def engine_report(
+    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], thresholds: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Clip accuracy and stream figures per engine, merged."""
+    clips = clip_report(loaded, data_dir, splits)
+    streams = stream_report(loaded, data_dir, splits, thresholds)
+    engines = sorted({k.split("/")[0] for k in clips} | set(streams))
+    return {
+        e: {
+            "clip_accuracy": clips.get(e, {}).get("accuracy"),
+            "clips": clips.get(e, {}).get("clips", 0),
+            "by_kind": {k.split("/")[1]: v for k, v in clips.items() if k.startswith(f"{e}/")},
+            **streams.get(e, {}),
+        }
+        for e in engines
+    }
+
+
+def per_engine_table(version_dir: Path, data_manifest: Path, split: str) -> str | None:
+    """``hark eval``'s per-engine accuracy, for a data manifest that records engines (else None)."""
+    with data_manifest.open(newline="", encoding="utf-8") as f:
+        if "engine" not in (csv.DictReader(f).fieldnames or ()):
+            return None
+    report = clip_report(load_version(version_dir), data_manifest.parent, [split])
+    lines = [f"{'engine/kind':<22}{'clips':>7}{'top-1':>8}"]
+    lines += [f"{name:<22}{r['clips']:>7}{r['accuracy']:>8.3f}" for name, r in report.items()]
+    return "\n".join(lines)
+
+
+def format_engine_table(report: Mapping[str, Any]) -> str:
+    def cell(v: Any, digits: int = 3) -> str:
+        return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = [f"{'engine':<12}{'clips':>7}{'top-1':>8}{'F1':>8}{'recall':>8}{'prec':>8}{'FA/h':>8}{'free min':>10}"]
+    for e, r in report.items():
+        lines.append(
+            f"{e:<12}{r['clips']:>7}{cell(r['clip_accuracy']):>8}{cell(r.get('event_f1')):>8}"
+            f"{cell(r.get('event_recall')):>8}{cell(r.get('event_precision')):>8}"
+            f"{cell(r.get('false_alarms_per_hour'), 1):>8}{cell(r.get('keyword_free_minutes'), 1):>10}"
+        )
+    return "\n".join(lines)
+
+
+# --- thresholds -------------------------------------------------------------------------------------------------
+
+
+def tune_thresholds(
+    loaded: LoadedModel, data_dir: Path, budget_per_hour: float, splits: Sequence[str] = ("val",)
+) -> dict[str, float]:
+    """Per keyword, the lowest threshold of :data:`THRESHOLD_GRID` whose false alarms on the keyword-free
+    streams of ``splits`` stay within an equal share of ``budget_per_hour``."""
+    m = loaded.manifest
+    rate = m.frontend.sample_rate
+    free = [r for r in streams_of(data_dir) if r["split"] in splits and r["kind"] == "keyword-free"]
+    if not free:
+        raise ValueError(f"{data_dir} has no keyword-free streams in {list(splits)}")
+    scored = [stream_probabilities(loaded, read_audio(Path(data_dir) / r["path"], rate)) for r in free]
+    hours = sum(float(r["duration_s"]) for r in free) / 3600
+    keywords = [label for label in m.labels if label not in set(m.background_labels)]
+    share = budget_per_hour / len(keywords)
+    chosen: dict[str, float] = {}
+    for label in keywords:
+        for threshold in THRESHOLD_GRID:
+            alarms = sum(sum(1 for lab, _ in detect(m, t, p, {label: threshold}) if lab == label) for t, p in scored)
+            if alarms / hours <= share:
+                chosen[label] = threshold
+                break
+        else:
+            chosen[label] = THRESHOLD_GRID[-1]
+    return chosen
+
+
+def write_thresholds(version_dir: Path, thresholds: Mapping[str, float], note: Mapping[str, Any]) -> None:
+    """Store ``thresholds`` in the version's manifest (and how they were chosen under ``metrics``), atomically."""
+    data = read_manifest(version_dir).model_dump(mode="json")
+    data["thresholds"] = dict(thresholds)
+    data["metrics"] = {**data.get("metrics", {}), "thresholds": dict(note)}
+    _rewrite_manifest(version_dir, data)
+
+
+INTENDED_USE = (
+    "Spotting ten English command words (yes, no, up, down, left, right, on, off, stop, go) in a stream of 16 kHz "
+    "audio from one talker near a microphone; other words and silence are _unknown_ and _silence_."
+)
+LIMITS = (
+    "Trained only on synthetic speech (the engines listed); no recorded human speech was used in training or "
+    "validation, so accuracy on people is not measured here. English only. Other languages, children's voices, "
+    "shouting, far-field rooms and overlapping talkers are outside what it was trained on."
+)
+
+
+def model_card(data_manifest: Path) -> dict[str, Any]:
+    """What the version was trained on, per engine: voices and licences, from the training rows of the manifest."""
+    with data_manifest.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    engines: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        engine = r.get("engine") or r["source"]
+        entry = engines.setdefault(engine, {"voices": set(), "licences": set(), "splits": set(), "clips": 0})
+        entry["voices"].add(r["voice"])
+        entry["licences"].add(r.get("licence") or "")
+        entry["splits"].add(r["split"])
+        entry["clips"] += r["split"] == "train"
+    training = {e: v for e, v in engines.items() if v["clips"]}
+    licences = sorted({lic for v in training.values() for lic in v["licences"] if lic})
+    return {
+        "training_engines": {
+            e: {"voices": len(v["voices"]), "clips": v["clips"], "licences": sorted(v["licences"] - {""})}
+            for e, v in sorted(training.items())
+        },
+        "held_out_engines": {
+            e: sorted(v["splits"]) for e, v in sorted(engines.items()) if not v["clips"] and e != "noise"
+        },
+        "training_licences": licences,
+        "non_commercial_training_material": any("non-commercial" in lic for lic in licences),
+        "intended_use": INTENDED_USE,
+        "limits": LIMITS,
+    }
+
+
+def write_model_card(version_dir: Path, card: Mapping[str, Any]) -> None:
+    """Store the model card in the version's manifest under ``training.model_card``, atomically."""
+    data = read_manifest(version_dir).model_dump(mode="json")
+    data["training"] = {**data.get("training", {}), "model_card": dict(card)}
+    _rewrite_manifest(version_dir, data)
+
+
+def _rewrite_manifest(version_dir: Path, data: dict[str, Any]) -> None:
+    Manifest.model_validate(data)
+    path = version_dir / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}-", dir=version_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_version(args.version)
+        thresholds = None
+        if args.use_thresholds:
+            thresholds = json.loads((args.version / MANIFEST_FILE).read_text()).get("thresholds") or None
+        report = engine_report(loaded, args.data, args.splits.split(","), thresholds)
+    except (OSError, ValueError, RuntimeError, VerificationError) as e:
+        print(f"cannot evaluate per engine: {e}", file=sys.stderr)
+        return 1
+    print(format_engine_table(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps({"version": str(args.version), "splits": args.splits, "engines": report}, indent=2) + "\n"
+        )
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_thresholds(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_version(args.version)
+        chosen = tune_thresholds(loaded, args.data, args.budget, args.splits.split(","))
+        write_thresholds(args.version, chosen, {"budget_per_hour": args.budget, "tuned_on": args.splits})
+    except (OSError, ValueError, RuntimeError, VerificationError) as e:
+        print(f"cannot tune thresholds: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(chosen))
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    try:
+        card = model_card(args.data if args.data.suffix == ".csv" else args.data / "manifest.csv")
+        write_model_card(args.version, card)
+    except (OSError, ValueError, RuntimeError, VerificationError) as e:
+        print(f"cannot write the model card: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``hark engines eval``, ``hark engines thresholds`` and ``hark engines card``."""
+    engines = subparsers.add_parser("engines", help="per-engine evaluation and per-class thresholds")
+    commands = engines.add_subparsers(dest="engines_command", required=True, metavar="{eval,thresholds,card}")
+    ev = commands.add_parser(
+        "eval",
+        help="clip accuracy, event F1 and false alarms per hour per engine",
+        description="Measure a version per speech engine on a data set built with engines.",
+    )
+    ev.add_argument("version", type=Path, help="a version folder, e.g. model_store/keywords/2")
+    ev.add_argument("--data", type=Path, default=Path("data/keywords"), help="data folder (default: %(default)s)")
+    ev.add_argument("--splits", default="val,test", help="comma-separated splits (default: %(default)s)")
+    ev.add_argument("--use-thresholds", action="store_true", help="apply the manifest's per-class thresholds")
+    ev.add_argument("--out", type=Path, help="also write the report as JSON here")
+    ev.set_defaults(func=_cmd_eval)
+    th = commands.add_parser(
+        "thresholds",
+        help="per-class thresholds for a false-alarm budget, into the manifest",
+        description="Choose each keyword's threshold on validation keyword-free streams.",
+    )
+    th.add_argument("version", type=Path, help="a version folder")
+    th.add_argument("--data", type=Path, default=Path("data/keywords"), help="data folder (default: %(default)s)")
+    th.add_argument(
+        "--budget", type=float, default=2.0, help="false alarms per hour, all classes (default: %(default)s)"
+    )
+    th.add_argument("--splits", default="val", help="splits to tune on (default: %(default)s)")
+    th.set_defaults(func=_cmd_thresholds)
+    card = commands.add_parser(
+        "card",
+        help="write the model card (training engines, voices, licences, intended use, limits) into the manifest",
+        description="Summarise the data set's training engines, voices and licences into training.model_card.",
+    )
+    card.add_argument("version", type=Path, help="a version folder")
+    card.add_argument(
+        "--data", type=Path, default=Path("data/keywords"), help="data folder or manifest (default: %(default)s)"
+    )
+    card.set_defaults(func=_cmd_card)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hark_training.engine_eval")
+    add_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["engines", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
