@@ -104,7 +104,7 @@ lint: $(DEV_STAMP)  ## ruff and mypy
 
 .PHONY: bench
 bench: $(DEV_STAMP) system-deps  ## Streams per server core vs raw onnxruntime and a naive server (minutes; not in make test)
-	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+	$(BIN)/python loadtest/bench.py --workers-scaling $(BENCH_ARGS)
 
 .PHONY: bench-quick
 bench-quick: $(DEV_STAMP) system-deps  ## The benchmark's quick mode (under 2 minutes)

@@ -121,9 +121,9 @@ class Server:
     address: str
 
     @classmethod
-    def start(cls, argv: list[str], env: dict[str, str]) -> Server:
+    def start(cls, argv: list[str], env: dict[str, str], cores: str = str(SERVER_CORE)) -> Server:
         proc = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CORE), *argv],
+            ["taskset", "-c", cores, *argv],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -171,6 +171,18 @@ def _drain(proc: subprocess.Popen[bytes]) -> None:
 def hark_server(store: Path, **settings: object) -> Server:
     env = hark_env(store, log_level="info", control_interval_s=0, max_streams=100000, **settings)
     return Server.start(SERVER_ARGV, env)
+
+
+class ProcessTree(Server):
+    """A supervisor and its workers (``hark serve --workers``): CPU over every process of the tree."""
+
+    def cpu_s(self) -> float:
+        return _tree_cpu_s(self.proc.pid)
+
+
+def hark_workers(store: Path, workers: int, cores: str, **settings: object) -> Server:
+    env = hark_env(store, log_level="info", control_interval_s=0, max_streams=100000, workers=workers, **settings)
+    return ProcessTree.start([sys.executable, "-m", "hark.cli", "serve"], env, cores)
 
 
 def naive_server(version_dir: Path) -> Server:
@@ -677,6 +689,46 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
 
+    if args.streaming_store is not None:
+        log(f"Hark with the streaming model of {args.streaming_store} ...")
+        server = hark_server(args.streaming_store, gate_dbfs="-inf")
+        try:
+            await run_level(server, 4, speech_chunks, 0.5, 1.0)
+            best_streaming, levels = await ramp(server, speech_chunks, args.start)
+            result["streaming"] = {
+                "model": str(find_version(args.streaming_store).relative_to(args.streaming_store)),
+                "max_streams": best_streaming,
+                "levels": [lv.summary() for lv in levels],
+            }
+            top = next((lv for lv in reversed(levels) if lv.streams == best_streaming and lv.ok), None)
+            if top is not None:
+                result["streaming"]["cpu_s_per_stream_s"] = top.cpu_per_stream_s
+            result["streaming"]["idle_rss_per_stream_bytes"] = await idle_rss_per_stream(server, 200)
+        finally:
+            server.stop()
+
+    if args.workers_scaling:
+        # 1 worker on one core, then 2 workers on two, the load generator on a core of its own.
+        if (os.cpu_count() or 1) < 3:
+            result["workers"] = {"skipped": "needs 3 cores (2 for the server, 1 for the load); this machine has "
+                                 f"{os.cpu_count()}"}  # fmt: skip
+            log(f"    workers: {result['workers']['skipped']}")
+        else:
+            os.sched_setaffinity(0, {2})
+            result["workers"] = {}
+            for n, cores in ((1, "0"), (2, "0,1")):
+                log(f"Hark with {n} worker(s) on cores {cores} ...")
+                server = hark_workers(store, n, cores, gate_dbfs="-inf")
+                try:
+                    await run_level(server, 8, speech_chunks, 1.0, 1.0)
+                    best_n, levels = await ramp(server, speech_chunks, args.start)
+                    result["workers"][str(n)] = {"max_streams": best_n, "levels": [lv.summary() for lv in levels]}
+                finally:
+                    server.stop()
+            one, two = result["workers"]["1"]["max_streams"], result["workers"]["2"]["max_streams"]
+            result["workers"]["scaling"] = two / one if one else None
+            os.sched_setaffinity(0, {CLIENT_CORE})
+
     if args.gate_setting:
         # Max-streams ramps are too noisy on a shared machine to show a difference of tens of percent, so
         # gating is compared by server CPU per stream-second at one fixed load, alternating on and off.
@@ -762,6 +814,33 @@ def table(r: dict[str, Any]) -> str:
             f"{best / naive:.1f}x" if naive else "n/a",
         ),
     ]
+    if (st := r.get("streaming")) and st.get("max_streams"):
+        rows.append(
+            (
+                f"Streaming model ({st['model']}): max streams, one server core",
+                f"{st['max_streams']}",
+                "streaming / windowed",
+                f"{st['max_streams'] / best:.2f}x" if best else "n/a",
+            )
+        )
+        if "cpu_s_per_stream_s" in st and "cpu_s_per_stream_s" in h:
+            rows.append(
+                (
+                    "Streaming model: server CPU ms per stream-second",
+                    f"{1000 * st['cpu_s_per_stream_s']:.2f}",
+                    "windowed's",
+                    f"{1000 * h['cpu_s_per_stream_s']:.2f}",
+                )
+            )
+    if (wk := r.get("workers")) and "scaling" in wk:
+        rows.append(
+            (
+                "Streams held by 2 workers on 2 cores",
+                f"{wk['2']['max_streams']}",
+                "2 workers / 1 worker",
+                f"{wk['scaling']:.2f}x" if wk["scaling"] else "n/a",
+            )
+        )
     for share in (50, 90):
         if lv := h.get(f"at_{share}pct"):
             rows.append(
@@ -875,6 +954,12 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=4096, help="highest load level tried")
     parser.add_argument("--no-gating", dest="gate_setting", action="store_false", help="skip gating on/off")
     parser.add_argument("--no-mlserver", action="store_true", help="skip the MLServer peer (loadtest/.venv-mlserver)")
+    parser.add_argument(
+        "--streaming-store", type=Path, default=None, help="also ramp a store whose model is a streaming version"
+    )
+    parser.add_argument(
+        "--workers-scaling", action="store_true", help="also ramp 1 and 2 workers (needs 3 cores: 2 server, 1 load)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if shutil.which("taskset") is None or shutil.which("espeak-ng") is None:

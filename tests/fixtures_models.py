@@ -103,6 +103,72 @@ def publish_tiny(
         return publish_version(store_root, manifest_fields(name), onnx_file, version=version)
 
 
+def tiny_streaming_onnx(path: Path, *, word: str = "yes", gain: float = 2.0) -> Path:
+    """Write the loudness model in streaming form: ``features [batch, 10, 40]`` (a hop) and ``state_0 [batch, 88,
+    40]`` (the window's older frames) in; ``logits`` and ``new_state_0`` (the newest 88 frames) out.
+
+    Its scores are exactly the windowed loudness model's on the same audio: the mean over the state and
+    the hop is the mean over the window.
+    """
+    n_classes = len(LABELS)
+    keep = WINDOW_FRAMES - HOP_FRAMES
+    weights = np.zeros((N_MELS, n_classes), dtype=np.float32)
+    bias = np.zeros(n_classes, dtype=np.float32)
+    w, s = LABELS.index(word), LABELS.index("_silence_")
+    weights[:, w], weights[:, s] = gain / N_MELS, -gain / N_MELS
+    bias[w], bias[s] = -gain * LOUDNESS_PIVOT, gain * LOUDNESS_PIVOT
+    nodes = [
+        helper.make_node("Concat", ["state_0", "features"], ["window"], axis=1),
+        helper.make_node("ReduceMean", ["window"], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "weights"], ["projected"]),
+        helper.make_node("Add", ["projected", "bias"], ["logits"]),
+        helper.make_node("Slice", ["window", "starts", "ends", "axes"], ["new_state_0"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(weights, "weights"),
+        numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(np.array([HOP_FRAMES], dtype=np.int64), "starts"),
+        numpy_helper.from_array(np.array([WINDOW_FRAMES], dtype=np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-streaming",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", HOP_FRAMES, N_MELS]),
+            helper.make_tensor_value_info("state_0", TensorProto.FLOAT, ["batch", keep, N_MELS]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_classes]),
+            helper.make_tensor_value_info("new_state_0", TensorProto.FLOAT, ["batch", keep, N_MELS]),
+        ],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hark-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def streaming_manifest_fields(name: str = "tiny-streaming", **extra: Any) -> dict[str, Any]:
+    """The tiny streaming model's manifest fields: a hop of frames in, and its one state tensor."""
+    return manifest_fields(
+        name,
+        model_kind="streaming",
+        input={"name": "features", "shape": ["batch", HOP_FRAMES, N_MELS]},
+        states=[{"input": "state_0", "output": "new_state_0", "shape": [WINDOW_FRAMES - HOP_FRAMES, N_MELS]}],
+        **extra,
+    )
+
+
+def publish_tiny_streaming(store_root: Path, name: str = "tiny-streaming", version: int | None = None) -> Path:
+    """Publish one tiny streaming version into ``store_root``; returns its version folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = tiny_streaming_onnx(Path(tmp) / "model.onnx")
+        return publish_version(store_root, streaming_manifest_fields(name), onnx_file, version=version)
+
+
 # Test audio -----------------------------------------------------------------------------------------
 
 

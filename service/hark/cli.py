@@ -265,6 +265,12 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--log-format", choices=("auto", "json", "console"), help="log format; auto: console on a TTY, else JSON"
     )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="least severe level logged")
+    serve.add_argument(
+        "--workers",
+        type=_int_in(0, 256),
+        help="server processes sharing the port, each on its own core; 0 = the cores this process may use "
+        "(default: $HARK_WORKERS or 1)",
+    )
     _add_version_option(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -583,6 +589,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             log_format=args.log_format,
             log_level=args.log_level,
+            workers=args.workers,
         )
     except (ValidationError, ValueError, OSError) as e:
         return _fail(f"invalid settings: {e}", EXIT_BAD_REQUEST)
@@ -599,6 +606,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.port == 0:
         server_opt = " --server HOST:PORT  (port 0: the server logs the port it picked)"
     print(f"{PROG}: try: {_self_command()} stream some.wav{server_opt}", file=sys.stderr, flush=True)
+
+    from hark.serving.workers import default_workers, serve_workers
+
+    workers = settings.workers or default_workers()
+    if workers > 1:
+        return serve_workers(settings, workers)
 
     from hark.server import serve
 

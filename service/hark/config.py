@@ -45,12 +45,20 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(5.0, ge=0.0, description="How often the store is rescanned; 0 = never.")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per inference call.")
     inference_workers: int = Field(1, ge=1, le=64, description="Threads that run inference batches.")
+    workers: int = Field(
+        1, ge=0, le=256, description="Server processes sharing the port (hark serve --workers); 0 = the usable cores."
+    )
 
     # Batching
     # 4: measured best for the bundled DS-CNN on one core (loadtest/README.md): onnxruntime's windows per
     # second peak at batch 2 and fall beyond it, while each batch costs one hand-off to the inference thread.
     max_batch: int = Field(4, ge=1, le=1024, description="Most windows in one inference batch.")
     max_delay_ms: float = Field(2.0, ge=0.0, description="Longest a window waits for a batch to fill.")
+    inline_inference: bool = Field(
+        True,
+        description="Run inference batches on the event loop, one per loop turn, no worker thread "
+        "(0.84x the CPU per stream-second: loadtest/ab.py).",
+    )
 
     # Streams
     max_streams: int = Field(1000, ge=1, description="Concurrent streams before RESOURCE_EXHAUSTED.")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -167,8 +168,11 @@ def _log_report(report: RefreshReport) -> None:
         log.info("model version removed", model=name, version=version)
 
 
-async def start_server(settings: Settings) -> RunningServer:
-    """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible."""
+async def start_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+    """Load the store, bind, start serving; raise :class:`StartupError` when that is impossible.
+
+    ``reuse_port`` is for the workers of ``hark serve --workers N`` (hark.serving.workers), which share one
+    port; a server on its own must fail on a taken port."""
     configure_logging(settings.log_format, settings.log_level)
     quiet_metadata_errors()
     store = ModelStore(
@@ -211,7 +215,9 @@ async def start_server(settings: Settings) -> RunningServer:
             fd_limit=fd_limit,
             max_connections=connections,
         )
-    server = grpc.aio.server(options=server_options(settings, connections), interceptors=interceptors)
+    server = grpc.aio.server(
+        options=server_options(settings, connections, reuse_port=reuse_port), interceptors=interceptors
+    )
     pool = BatcherPool(settings, observers=metrics.batch_observers)
     plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))
     admission = Admission(
@@ -313,8 +319,14 @@ async def start_server(settings: Settings) -> RunningServer:
     return running
 
 
-async def _serve(settings: Settings) -> int:
-    running = await start_server(settings)
+# ``on_started(port, metrics_port)``: how a worker tells its supervisor it serves (hark.serving.workers).
+StartedHook = Callable[[int, int], None]
+
+
+async def _serve(settings: Settings, reuse_port: bool = False, on_started: StartedHook | None = None) -> int:
+    running = await start_server(settings, reuse_port=reuse_port)
+    if on_started is not None:
+        on_started(running.port, running.metrics_server.port if running.metrics_server else -1)
     log.info(
         f"listening on {running.address}",
         address=running.address,
@@ -369,19 +381,29 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-def serve(settings: Settings) -> int:
+def serve(
+    settings: Settings, *, reuse_port: bool = False, on_started: StartedHook | None = None, worker: int | None = None
+) -> int:
     """Run the server on uvloop until SIGTERM/SIGINT; return the process exit code (0 after a clean drain)."""
     configure_logging(settings.log_format, settings.log_level)
+    if worker is not None:
+        import structlog
+
+        structlog.contextvars.bind_contextvars(worker=worker)
     try:
-        return uvloop.run(_serve(settings))
+        return uvloop.run(_serve(settings, reuse_port, on_started))
     except StartupError as e:
         log.error("cannot start", error=str(e))
         return 1
 
 
 def main() -> int:
-    """``python -m hark.server``: settings from ``HARK_*`` and ``HARK_CONFIG_FILE``."""
-    return serve(Settings.load())
+    """``python -m hark.server``: settings from ``HARK_*`` and ``HARK_CONFIG_FILE`` (``HARK_WORKERS`` included)."""
+    settings = Settings.load()
+    from hark.serving.workers import default_workers, serve_workers
+
+    workers = settings.workers or default_workers()
+    return serve_workers(settings, workers) if workers > 1 else serve(settings)
 
 
 if __name__ == "__main__":

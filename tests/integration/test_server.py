@@ -550,10 +550,11 @@ async def test_sigterm_drains_and_exits_zero(tiny_model_store: Path) -> None:
     env.update(
         HARK_MODEL_STORE=str(tiny_model_store),
         HARK_PORT="0",
+        HARK_METRICS_PORT="0",  # whatever else on this machine holds the default port
         HARK_LOG_FORMAT="json",
         HARK_RELOAD_INTERVAL_S="0",
         HARK_SHUTDOWN_GRACE_S="20",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=os.pathsep.join([str(REPO / "service"), str(REPO)]),  # this checkout's hark
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hark.server", cwd=REPO, env=env, stderr=asyncio.subprocess.PIPE

@@ -213,3 +213,25 @@ async def test_a_group_larger_than_a_batch_is_split_and_reassembled_in_order(exe
     assert [float(r[0]) for r in second] == [10, 11, 12, 13]
     assert sum(run.sizes) == 9 and max(run.sizes) <= 3
     await batcher.close()
+
+
+async def test_an_inline_batcher_runs_batches_on_the_loop_with_the_same_results() -> None:
+    """``inline_inference``: no worker thread; every window still gets its own row, errors fail their batch."""
+    threads: set[int] = set()
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        threads.add(threading.get_ident())
+        if np.any(windows < 0):
+            raise ValueError("negative window")
+        return windows.reshape(windows.shape[0], -1)[:, :2] * 2
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(run, executor=executor, max_batch=3, max_delay_s=0.0, inline=True)
+        windows = [np.full((2, 2), i, dtype=np.float32) for i in range(7)]
+        results = await asyncio.gather(*(batcher.submit(w) for w in windows))
+        assert [float(r[0]) for r in results] == [2.0 * i for i in range(7)]
+        assert threads == {threading.get_ident()}  # the loop's own thread
+        with pytest.raises(InferenceError):
+            await batcher.submit(np.full((2, 2), -1, dtype=np.float32))
+        assert float((await batcher.submit(windows[3]))[0]) == 6.0  # the batcher carries on
+        await batcher.close()

@@ -192,6 +192,7 @@ def test_serve_builds_settings_and_prints_a_hint(
     monkeypatch.setitem(sys.modules, "hark.server", types.SimpleNamespace(serve=fake_serve))
     monkeypatch.setenv("HARK_PORT", "6000")
     monkeypatch.setenv("HARK_LOG_LEVEL", "debug")
+    monkeypatch.setenv("HARK_METRICS_PORT", "0")  # whatever else on this machine holds the default port
     code = cli.main(["serve", "--host", "0.0.0.0", "--port", "7000", "--model-store", str(tmp_path)])
     assert code == 0
     s = seen["settings"]

@@ -310,7 +310,7 @@ def version_scores(loaded: LoadedModel, x: FloatArray, batch_size: int = 256) ->
     """Class probabilities of windows ``x`` from the version's own runner, batch by batch."""
     if len(x) == 0:
         return np.empty((0, len(loaded.manifest.labels)), dtype=np.float32)
-    return np.concatenate([loaded.runner.run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return np.concatenate([loaded.runner.run_windows(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def evaluate_version(

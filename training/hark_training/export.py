@@ -19,7 +19,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from hark_training.evaluate import (
 from hark_training.features import SplitFeatures, load_splits
 from hark_training.models import count_parameters
 from hark_training.multilabel import choose_thresholds, multilabel_report
+from hark_training.streaming import CausalTCN, export_streaming_onnx, streaming_logits, streaming_step_inputs
 from hark_training.train import CHECKPOINT_FILE, CONFIG_FILE, RUN_FILE, STATS_FILE, load_checkpoint
 
 INPUT_NAME = "features"
@@ -63,6 +64,8 @@ OPSET = 17
 CONTROL_PER_CLASS = 3  # 36 clips for twelve classes: "a few dozen", about 1 MB beside the model
 
 FloatArray = npt.NDArray[np.float32]
+# The exported file's logits for whole windows: a windowed graph's one call, or a streaming graph's hops.
+LogitsFn = Callable[[ort.InferenceSession, FloatArray], FloatArray]
 
 
 class ParityError(RuntimeError):
@@ -98,11 +101,19 @@ def onnx_logits(session: ort.InferenceSession, x: FloatArray, batch_size: int = 
 
 
 @torch.no_grad()
-def check_parity(model: nn.Module, onnx_path: Path, windows: FloatArray, tolerance: float = PARITY_TOLERANCE) -> float:
-    """Max |torch - onnxruntime| over the logits of ``windows``; raise :class:`ParityError` above ``tolerance``."""
+def check_parity(
+    model: nn.Module,
+    onnx_path: Path,
+    windows: FloatArray,
+    tolerance: float = PARITY_TOLERANCE,
+    logits_of: LogitsFn = onnx_logits,
+) -> float:
+    """Max |torch - onnxruntime| over the logits of ``windows``; raise :class:`ParityError` above ``tolerance``.
+
+    For a streaming export this compares the torch windowed form with the ONNX streaming form fed hop by hop."""
     model.eval()
     expected = model(torch.from_numpy(np.ascontiguousarray(windows))).numpy()
-    actual = onnx_logits(create_session(onnx_path, 1), windows)
+    actual = logits_of(create_session(onnx_path, 1), windows)
     if actual.shape != expected.shape:
         raise ParityError(f"onnxruntime gave logits of shape {actual.shape}, torch {expected.shape}")
     diff = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
@@ -114,16 +125,23 @@ def check_parity(model: nn.Module, onnx_path: Path, windows: FloatArray, toleran
     return diff
 
 
-def inference_ms(onnx_path: Path, window: FloatArray, batch: int = 1, repeats: int = 300) -> float:
-    """Median milliseconds per window on one onnxruntime thread (the server's session options)."""
+def inference_ms(
+    onnx_path: Path, window: FloatArray, batch: int = 1, repeats: int = 300, states: Sequence[dict[str, Any]] = ()
+) -> float:
+    """Median milliseconds per window on one onnxruntime thread (the server's session options).
+
+    For a streaming model (``states`` given) a window is one hop's call: what the server runs per window."""
     session = create_session(onnx_path, 1)
-    x = np.ascontiguousarray(np.repeat(window[None], batch, axis=0))
+    if states:
+        feeds = streaming_step_inputs(window, states, batch, INPUT_NAME)
+    else:
+        feeds = {INPUT_NAME: np.ascontiguousarray(np.repeat(window[None], batch, axis=0))}
     for _ in range(20):
-        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        session.run([OUTPUT_NAME], feeds)
     times = []
     for _ in range(max(1, repeats // batch)):
         started = time.perf_counter()
-        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        session.run([OUTPUT_NAME], feeds)
         times.append(time.perf_counter() - started)
     return round(1000.0 * statistics.median(times) / batch, 4)
 
@@ -134,6 +152,8 @@ def evaluate_onnx(
     labels: Sequence[str],
     timing_window: FloatArray,
     report_dir: Path,
+    logits_of: LogitsFn = onnx_logits,
+    states: Sequence[dict[str, Any]] = (),
     **context: Any,
 ) -> dict[str, Any]:
     """Every metric the manifest reports, measured with onnxruntime on the exported file.
@@ -144,13 +164,13 @@ def evaluate_onnx(
     session = create_session(onnx_path, 2)
     test = write_report(
         report_dir,
-        softmax(onnx_logits(session, splits["test"].x)),
+        softmax(logits_of(session, splits["test"].x)),
         splits["test"].y,
         labels,
         split="test",
         **context,
     )
-    val = classification_report(softmax(onnx_logits(session, splits["val"].x)), splits["val"].y, labels)
+    val = classification_report(softmax(logits_of(session, splits["val"].x)), splits["val"].y, labels)
     return {
         "test_accuracy": rounded(test["accuracy"]),
         "per_class_accuracy": {
@@ -162,8 +182,10 @@ def evaluate_onnx(
         "n_test": len(splits["test"]),
         "n_val": len(splits["val"]),
         "size_bytes": onnx_path.stat().st_size,
-        "inference_ms_per_window": inference_ms(onnx_path, timing_window, batch=1),
-        "inference_ms_per_window_batch32": inference_ms(onnx_path, timing_window, batch=32, repeats=3200),
+        "inference_ms_per_window": inference_ms(onnx_path, timing_window, batch=1, states=states),
+        "inference_ms_per_window_batch32": inference_ms(
+            onnx_path, timing_window, batch=32, repeats=3200, states=states
+        ),
         "inference_threads": 1,
     }
 
@@ -339,17 +361,34 @@ def export_run(
     records = read_manifest(manifest)
 
     with tempfile.TemporaryDirectory(prefix="hark-export-") as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", config.window_frames, frontend.n_mels)
-        diff = check_parity(model, onnx_path, splits["test"].x[:PARITY_WINDOWS], tolerance)
+        onnx_path = Path(tmp) / "model.onnx"
+        states: list[dict[str, Any]] = []
+        logits_of: LogitsFn = onnx_logits
+        if isinstance(model, CausalTCN):  # published in streaming form: a hop's frames and state per call
+            states = export_streaming_onnx(
+                model, onnx_path, config.hop_frames, frontend.n_mels, INPUT_NAME, OUTPUT_NAME, OPSET
+            )
+
+            def logits_of(session: ort.InferenceSession, x: FloatArray) -> FloatArray:
+                return streaming_logits(session, states, config.hop_frames, len(labels), x, INPUT_NAME, OUTPUT_NAME)
+
+        else:
+            export_onnx(model, onnx_path, config.window_frames, frontend.n_mels)
+        diff = check_parity(model, onnx_path, splits["test"].x[:PARITY_WINDOWS], tolerance, logits_of)
         report_dir = Path(tmp) / "report"
         data_context = {"data_manifest": str(manifest), "data_manifest_sha256": run["data_manifest_sha256"]}
+        timing = splits["test"].x[0][-config.hop_frames :] if states else splits["test"].x[0]
         thresholds: dict[str, float] | None = None
         if multilabel:
+            if states:
+                raise ValueError("a streaming architecture cannot be exported multi-label yet")
             measured, thresholds = evaluate_onnx_multilabel(
                 onnx_path, splits, labels, splits["test"].x[0], report_dir, **data_context
             )
         else:
-            measured = evaluate_onnx(onnx_path, splits, labels, splits["test"].x[0], report_dir, **data_context)
+            measured = evaluate_onnx(
+                onnx_path, splits, labels, timing, report_dir, logits_of=logits_of, states=states, **data_context
+            )
         metrics = {
             **measured,
             "parameters": count_parameters(model),
@@ -357,6 +396,12 @@ def export_run(
             "class_prior": class_prior(records, labels),
         }
         fields = manifest_fields(name, labels, frontend, config, run, stats, metrics, thresholds)
+        if states:
+            fields |= {
+                "model_kind": "streaming",
+                "states": states,
+                "input": {"name": INPUT_NAME, "shape": ["batch", config.hop_frames, frontend.n_mels]},
+            }
         # Where the weights came from: `hark explain` needs the torch checkpoint and checks it is this one.
         fields["training"] |= {"run_dir": str(run_dir), "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT_FILE)}
         reports = {f.name: f for f in (report_dir / file_name for file_name in REPORT_FILES) if f.is_file()}

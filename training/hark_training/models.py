@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hark_training.backbone import OwwTransfer
+from hark_training.streaming import CausalTCN
 
 Norm = Literal["none", "utterance"]
 
@@ -245,6 +246,7 @@ ARCHITECTURES: dict[str, Factory] = {
     "dscnn": DSCNN,
     "crnn": CRNN,
     "tcn": TCN,
+    "causal_tcn": CausalTCN,  # a streaming model: served one hop at a time with cached state (hark_training.streaming)
     "oww_transfer": OwwTransfer,  # openWakeWord's pretrained speech embedding and a new head (hark_training.backbone)
 }
 

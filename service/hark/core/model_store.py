@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hark.core.frontend import FrontendConfig, LogMel
 from hark.core.runner import ModelRunner, create_session
+from hark.core.streaming import StateSpec, StreamingRunner
 from hark.core.text import quote
 
 MODEL_FILE = "model.onnx"
@@ -104,6 +105,10 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
+    # A windowed version takes whole windows; a streaming one takes each hop's new frames plus the stream's
+    # state tensors (hark.core.streaming), and its input shape is [batch, hop_frames, n_mels].
+    model_kind: Literal["windowed", "streaming"] = "windowed"
+    states: list[StateSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -118,12 +123,27 @@ class Manifest(BaseModel):
             raise ValueError(f"thresholds must be in (0, 1], got {bad}")
         if self.hop_frames > self.window_frames:
             raise ValueError("hop_frames exceeds window_frames")
-        expected_in = [self.window_frames, self.frontend.n_mels]
+        expected_in = [self.input_frames, self.frontend.n_mels]
         if len(self.input.shape) != 3 or self.input.shape[1:] != expected_in:
             raise ValueError(f"input shape {self.input.shape} is not [batch, {expected_in[0]}, {expected_in[1]}]")
         if len(self.output.shape) != 2 or self.output.shape[1] != len(self.labels):
             raise ValueError(f"output shape {self.output.shape} is not [batch, {len(self.labels)}]")
+        return self._streaming_consistent()
+
+    def _streaming_consistent(self) -> Manifest:
+        if self.model_kind == "windowed" and self.states:
+            raise ValueError("a windowed model has no state tensors; set model_kind to 'streaming'")
+        if self.model_kind == "streaming" and not self.states:
+            raise ValueError("a streaming model needs its state tensors in 'states'")
+        names = [self.input.name, self.output.name] + [n for s in self.states for n in (s.input, s.output)]
+        if len(set(names)) != len(names):
+            raise ValueError("input, output and state tensor names must all differ")
         return self
+
+    @property
+    def input_frames(self) -> int:
+        """Frames per model call: the window, or for a streaming model the hop."""
+        return self.hop_frames if self.model_kind == "streaming" else self.window_frames
 
     @property
     def window_s(self) -> float:
@@ -140,7 +160,7 @@ class LoadedModel:
 
     manifest: Manifest
     path: Path
-    runner: ModelRunner
+    runner: ModelRunner | StreamingRunner
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -228,17 +248,40 @@ def load_version(version_dir: Path, *, intra_op_threads: int = 1, warmup_batch: 
     except Exception as e:  # onnxruntime raises its own exception types for bad files
         raise VerificationError(f"onnxruntime cannot load {model_path}: {e}") from e
     _check_io(session, manifest)
-    runner = ModelRunner(session, manifest.input.name, manifest.output.name, kind=manifest.output_kind)
+    runner = make_runner(session, manifest)
     batch = max(2, warmup_batch)
-    warm = np.zeros((batch, manifest.window_frames, manifest.frontend.n_mels), dtype=np.float32)
+    if isinstance(runner, StreamingRunner):
+        warm = runner.warmup_rows(batch)
+        expected = (batch, runner.output_size)
+    else:
+        warm = np.zeros((batch, manifest.window_frames, manifest.frontend.n_mels), dtype=np.float32)
+        expected = (batch, len(manifest.labels))
     try:
         scores = runner.run(warm)
     except Exception as e:
         raise VerificationError(f"warm-up inference of {batch} windows failed: {e}") from e
-    expected = (batch, len(manifest.labels))
     if scores.shape != expected or not np.all(np.isfinite(scores)):
         raise VerificationError(f"warm-up gave scores of shape {scores.shape}, expected {expected}")
     return LoadedModel(manifest=manifest, path=version_dir, runner=runner)
+
+
+def make_runner(session: Any, manifest: Manifest) -> ModelRunner | StreamingRunner:
+    """The runner for a version's kind: whole windows, or packed rows of frames and state."""
+    logits = manifest.output_kind == "logits"
+    if manifest.model_kind == "streaming":
+        if manifest.output_kind == "sigmoid":
+            raise ValueError("a streaming version with sigmoid (multi-label) output is not supported yet")
+        return StreamingRunner(
+            session,
+            manifest.input.name,
+            manifest.output.name,
+            manifest.states,
+            hop_frames=manifest.hop_frames,
+            n_mels=manifest.frontend.n_mels,
+            n_classes=len(manifest.labels),
+            logits=logits,
+        )
+    return ModelRunner(session, manifest.input.name, manifest.output.name, kind=manifest.output_kind)
 
 
 def _check_io(session: Any, manifest: Manifest) -> None:
@@ -248,10 +291,21 @@ def _check_io(session: Any, manifest: Manifest) -> None:
         raise VerificationError(f"model has no input {manifest.input.name!r} (it has {sorted(inputs)})")
     if manifest.output.name not in outputs:
         raise VerificationError(f"model has no output {manifest.output.name!r} (it has {sorted(outputs)})")
-    for what, declared, actual in (
+    tensors: list[tuple[str, list[int | str], Any]] = [
         ("input", manifest.input.shape, inputs[manifest.input.name]),
         ("output", manifest.output.shape, outputs[manifest.output.name]),
-    ):
+    ]
+    for spec in manifest.states:
+        if spec.input not in inputs or spec.output not in outputs:
+            raise VerificationError(f"model lacks the state input {spec.input!r} or output {spec.output!r}")
+        state_shape: list[int | str] = ["batch", *spec.shape]
+        tensors += [
+            ("state input", state_shape, inputs[spec.input]),
+            ("state output", state_shape, outputs[spec.output]),
+        ]
+    if extra := set(inputs) - {manifest.input.name} - {s.input for s in manifest.states}:
+        raise VerificationError(f"model has inputs the manifest does not declare: {sorted(extra)}")
+    for what, declared, actual in tensors:
         if len(actual) != len(declared) or any(
             isinstance(d, int) and isinstance(a, int) and a != d for d, a in zip(declared, actual, strict=True)
         ):

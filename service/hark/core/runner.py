@@ -70,6 +70,10 @@ class ModelRunner:
             return sigmoid(scores)
         return scores
 
+    def run_windows(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probabilities of independent whole windows (what a streaming version's runner also offers)."""
+        return self.run(windows)
+
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Row-wise softmax, stable for large logits."""

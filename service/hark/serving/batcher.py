@@ -91,6 +91,7 @@ class Batcher:
         name: str = "model",
         observe: StageObserver = _ignore,
         observe_batch: BatchObserver = _ignore_batch,
+        inline: bool = False,
     ) -> None:
         if max_batch < 1 or workers < 1 or max_queue < 1:
             raise ValueError("max_batch, max_queue and workers must be at least 1")
@@ -100,6 +101,10 @@ class Batcher:
         self.max_queue = max_queue
         self.workers = workers
         self._run = run
+        # Inline: run each batch on the event loop itself, no hand-off to a worker thread (a lean-path option
+        # for one inference core; the loop is blocked for the batch's duration).
+        self.inline = inline
+        self._yielded = False
         self._executor = executor
         self._observe = observe
         self._observe_batch = observe_batch
@@ -174,6 +179,17 @@ class Batcher:
                     self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
                 return
             self._start_batch()
+            if self.inline and self._pending:
+                # One batch per turn of the loop: other streams' chunks run between the batches of a big
+                # submit (a long Classify clip) instead of waiting for all of them.
+                if not self._yielded:
+                    self._yielded = True
+                    asyncio.get_running_loop().call_soon(self._resume)
+                return
+
+    def _resume(self) -> None:
+        self._yielded = False
+        self._schedule()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -193,6 +209,9 @@ class Batcher:
             self._observe("queue", start - item.enqueued)
         try:
             windows = np.stack([item.window for item in batch])
+            if self.inline:
+                self._run_inline(batch, start, windows)
+                return
             future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, windows)
         except Exception as e:  # windows of mismatched shapes, or the executor already shut down
             self._failed(batch, e)
@@ -200,7 +219,18 @@ class Batcher:
         self._running[future] = batch
         future.add_done_callback(functools.partial(self._finished, batch, start))
 
-    def _finished(self, batch: list[_Item], start: float, future: asyncio.Future[FloatArray]) -> None:
+    def _run_inline(self, batch: list[_Item], start: float, windows: FloatArray) -> None:
+        future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(self._run(windows))
+        except Exception as e:  # the model's own error fails this batch alone, as on a worker thread
+            future.set_exception(e)
+        # ``_schedule``'s loop starts the next batch; finishing must not start one itself (no recursion).
+        self._finished(batch, start, future, schedule=False)
+
+    def _finished(
+        self, batch: list[_Item], start: float, future: asyncio.Future[FloatArray], *, schedule: bool = True
+    ) -> None:
         self._running.pop(future, None)
         if future.cancelled():
             _fail(batch, InferenceError(f"batcher for {self.name} closed"))
@@ -224,7 +254,8 @@ class Batcher:
                 group.remaining -= 1
                 if group.remaining == 0:
                     group.future.set_result(cast(list[FloatArray], group.results))
-        self._schedule()
+        if schedule:
+            self._schedule()
 
     def _failed(self, batch: list[_Item], error: BaseException | None) -> None:
         # The details (file paths, kernel names) go to the log; callers get what they can act on.
@@ -285,6 +316,7 @@ class BatcherPool:
                 max_delay_s=s.max_delay_ms / 1000,
                 max_queue=max(1024, 8 * s.max_batch),
                 workers=s.inference_workers,
+                inline=s.inline_inference,
                 name=f"{model.name}/{model.version}",
                 observe=observe,
                 observe_batch=observe_batch,

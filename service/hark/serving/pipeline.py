@@ -32,6 +32,7 @@ from hark.config import Settings
 from hark.core.audio import PCM_S16LE, AudioError, check_channels, check_sample_rate, decode_pcm, mix_down, resample
 from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
 from hark.core.postprocess import ONSET, DetectionOverrides, PostprocessConfig, active_classes, aggregate_clip
+from hark.core.streaming import StreamingRunner, StreamState
 from hark.core.text import quote
 from hark.serving.batcher import Batcher, BatcherPool
 from hark.serving.budget import AudioBudget
@@ -99,6 +100,9 @@ class StreamPipeline:
         self.capture = capture
         self.budget = budget  # None: unbounded (the control check's own clips)
         self.pacer = pacer  # None: any speed
+        # A streaming version's state for this stream alone: zeros at the start of every stream.
+        runner = session.model.runner
+        self.state = StreamState(runner) if isinstance(runner, StreamingRunner) else None
 
     @property
     def model(self) -> LoadedModel:
@@ -135,8 +139,12 @@ class StreamPipeline:
     async def _score(self, windows: list[Window], arrived: float) -> list[Scored]:
         if not windows:
             return []
-        live = [w.features for w in windows if not w.gated]
-        probabilities = iter(await submit_fairly(self.batcher, live))
+        if self.state is not None:
+            probabilities = iter(await self._step(windows))
+            windows = [w for w in windows if not w.warmup]
+        else:
+            live = [w.features for w in windows if not w.gated]
+            probabilities = iter(await submit_fairly(self.batcher, live))
         results = []
         for window in windows:
             p = self.session.gated_probabilities() if window.gated else next(probabilities)
@@ -147,6 +155,19 @@ class StreamPipeline:
                     window.features, p, (e.label for e in scored.events if e.kind == ONSET), arrived
                 )
         return results
+
+    async def _step(self, windows: list[Window]) -> list[FloatArray]:
+        """A streaming version: each hop in order through the batcher with this stream's state, gated or not
+        (the state must see every frame); the scores of the windows that are scored and not gated."""
+        assert self.state is not None
+        hop = self.state.runner.hop_frames
+        scores = []
+        for window in windows:
+            (out,) = await self.batcher.submit_many((self.state.load(window.features[-hop:]),))
+            p = self.state.update(out)
+            if not window.warmup and not window.gated:
+                scores.append(p)
+        return scores
 
 
 async def submit_fairly(batcher: Batcher, windows: Sequence[FloatArray]) -> list[FloatArray]:
@@ -268,8 +289,11 @@ class DataPlane:
             )
         target = loaded.manifest.frontend.sample_rate
         windows = await asyncio.to_thread(lambda: clip_windows(resample(samples, rate, target), loaded))
-        with self.pool.lease(loaded) as batcher:
-            probabilities = np.stack(await submit_fairly(batcher, list(windows)))
+        if isinstance(loaded.runner, StreamingRunner):  # each window from a zero state, its hops as batches
+            probabilities = await asyncio.to_thread(loaded.runner.run_windows, windows)
+        else:
+            with self.pool.lease(loaded) as batcher:
+                probabilities = np.stack(await submit_fairly(batcher, list(windows)))
         instruments = self.metrics.instruments(loaded)
         instruments.audio(samples, rate)
         instruments.clip(nbytes, windows, probabilities)

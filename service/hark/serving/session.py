@@ -74,10 +74,15 @@ class Window:
     """One model input and where it lies in the stream's audio."""
 
     index: int
-    features: FloatArray  # (window_frames, n_mels), owned: the ring may be overwritten
+    # (window_frames, n_mels), or for a streaming model the hop's (hop_frames, n_mels); owned: the ring may be
+    # overwritten
+    features: FloatArray
     start_s: float
     end_s: float
     gated: bool = False  # too quiet to be worth a model call (``gate_dbfs``)
+    # A streaming model's hop before the first whole window: it only builds the model's state; ``features``
+    # holds that hop's frames (zero-padded in front), and it is never scored.
+    warmup: bool = False
 
     @property
     def centre_s(self) -> float:
@@ -139,10 +144,17 @@ class StreamSession:
         self.hop_frames = m.hop_frames
         self._resampler = StreamResampler(self.sample_rate, self.model_rate)
         self._frontend = StreamingLogMel(m.frontend)
-        self._ring = FrameRing(m.window_frames, m.frontend.n_mels)
+        # A streaming model needs only each hop's new frames (its state holds the rest), and drift reads only
+        # those: its ring holds one hop, where a windowed model's holds the window.
+        self._feature_frames = m.hop_frames if m.model_kind == "streaming" else m.window_frames
+        self._ring = FrameRing(self._feature_frames, m.frontend.n_mels)
         # Raises ValueError for detection overrides that do not fit the model (unknown class, bad range).
         self._post = Postprocessor(PostprocessConfig.from_settings(settings, m, detection))
         self._next_due = m.window_frames  # frame count at which the next window is complete
+        # A streaming model sees every hop from the start, so its state holds the first window when it is due.
+        self._streaming = m.model_kind == "streaming"
+        if self._streaming:
+            self._next_due -= m.hop_frames * ((m.window_frames - 1) // m.hop_frames)
         # Energy gating: each frame's total Mel power, kept beside the frame ring; a window whose loudest
         # frame is below the gate is not sent to the model.
         gate = settings.gate_dbfs
@@ -221,7 +233,7 @@ class StreamSession:
         last_end = self.frontend_config.n_samples(self._next_due - self.hop_frames) if self.windows else 0
         if self.model_samples == 0 or self.model_samples <= last_end:
             return windows
-        missing = self.frontend_config.n_samples(self._next_due) - self.model_samples
+        missing = self.frontend_config.n_samples(max(self._next_due, self.window_frames)) - self.model_samples
         if missing > 0:
             rng = np.random.default_rng(0)
             pad = (rng.standard_normal(missing) * PAD_LEVEL).astype(np.float32)
@@ -255,6 +267,8 @@ class StreamSession:
 
     def _window(self) -> Window:
         c = self.frontend_config
+        if self._ring.total < self.window_frames:
+            return self._warmup_window()
         first = self._ring.total - self.window_frames
         start = first * c.hop_length
         end = start + c.n_samples(self.window_frames)
@@ -264,13 +278,20 @@ class StreamSession:
             self.gated += gated
         window = Window(
             index=self.windows,
-            features=self._ring.latest(self.window_frames).copy(),
+            features=self._ring.latest(self._feature_frames).copy(),
             start_s=start / c.sample_rate,
             end_s=end / c.sample_rate,
             gated=gated,
         )
         self.windows += 1
         return window
+
+    def _warmup_window(self) -> Window:
+        frames = np.zeros((self.hop_frames, self.frontend_config.n_mels), dtype=np.float32)
+        held = min(self.hop_frames, self._ring.count)
+        frames[self.hop_frames - held :] = self._ring.latest(held)
+        end = self._ring.total * self.frontend_config.hop_length / self.model_rate
+        return Window(index=-1, features=frames, start_s=0.0, end_s=end, warmup=True)
 
     # Scores out -------------------------------------------------------------------------------------
 

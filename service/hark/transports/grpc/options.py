@@ -44,9 +44,11 @@ def max_receive_bytes(settings: Settings) -> int:
     return min(settings.max_message_bytes, max(settings.max_chunk_bytes + _ENVELOPE, max_clip_bytes(settings)))
 
 
-def server_options(settings: Settings, max_connections: int | None = None) -> list[tuple[str, Any]]:
+def server_options(
+    settings: Settings, max_connections: int | None = None, *, reuse_port: bool = False
+) -> list[tuple[str, Any]]:
     """Channel arguments for ``grpc.aio.server``; ``max_connections`` overrides the setting (the process
-    may have fewer descriptors than it asks for)."""
+    may have fewer descriptors than it asks for); ``reuse_port`` is for the workers of ``--workers N``."""
     return [
         ("grpc.max_receive_message_length", max_receive_bytes(settings)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -61,5 +63,6 @@ def server_options(settings: Settings, max_connections: int | None = None) -> li
         ("grpc.max_metadata_size", METADATA_BYTES),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+        # Workers share one port; a server on its own must fail on a taken port, not share it.
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
