@@ -171,3 +171,12 @@ model-voices: $(DEV_STAMP) system-deps-voices  ## Build the many-engines data se
 .PHONY: clean
 clean:  ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules
+
+.PHONY: percussion
+percussion: $(DEV_STAMP)  ## Rebuild the bundled sound-event model (model_store/percussion) from Debian's hydrogen-drumkits
+	@test -d /usr/share/hydrogen/data/drumkits || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends hydrogen-drumkits >/dev/null; }
+	$(BIN)/hark data drums --out data/drums
+	$(BIN)/hark train --config training/configs/percussion.toml --quiet
+	$(BIN)/hark export runs/percussion --store model_store --name percussion --quiet
+	$(BIN)/hark eval percussion --store model_store --events data/drums/scenes/test

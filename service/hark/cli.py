@@ -314,6 +314,24 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="audio per chunk in milliseconds (default: %(default)s)",
     )
     stream.add_argument("--scores", action="store_true", help="also print the smoothed class scores of every hop")
+    stream.add_argument(
+        "--class-threshold",
+        action="append",
+        type=_class_threshold,
+        default=[],
+        metavar="CLASS=T",
+        help="this stream's threshold for CLASS, in (0, 1]; repeat for several classes",
+    )
+    stream.add_argument(
+        "--sensitivity",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="in [-1, 1]: every threshold t becomes t^(2^S); above 0 more events (default: %(default)s)",
+    )
+    stream.add_argument(
+        "--allow", action="append", default=[], metavar="CLASS", help="only CLASS may raise events; repeatable"
+    )
     stream.set_defaults(func=cmd_stream)
 
     listen = commands.add_parser(
@@ -625,6 +643,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 encoding=feed.encoding,
                 realtime=not args.fast,
                 emit_scores=args.scores,
+                class_thresholds=dict(args.class_threshold),
+                sensitivity=args.sensitivity,
+                allowed_classes=args.allow,
             ):
                 if isinstance(item, StreamStarted):
                     _info(f"streaming {_source_name(args.path)}{length} {pace} to {describe_started(item)}")
@@ -1099,8 +1120,23 @@ def describe_started(s: StreamStarted) -> str:
     return f"{s.model} v{s.version} (window {s.window_s:.2f} s, hop {s.hop_s:.2f} s; labels: {labels})"
 
 
+def _class_threshold(text: str) -> tuple[str, float]:
+    """``snare=0.4`` -> ``("snare", 0.4)``, for ``hark stream --class-threshold``."""
+    label, sep, value = text.partition("=")
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not sep or not label or not 0.0 < threshold <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected CLASS=T with T in (0, 1], got {text!r}")
+    return label, threshold
+
+
 def format_detection(d: Detection) -> str:
-    """``  1.23 s  yes         0.97``: time in the stream's audio, label, score."""
+    """``  1.23 s  yes         0.97``: time in the stream's audio, label, score; an offset (multi-label
+    models) reads ``  1.80 s  snare        end (from 1.23 s)``."""
+    if d.kind == "offset":
+        return f"{d.time_s:6.2f} s  {d.label:<12} end (from {d.onset_s or 0.0:.2f} s)"
     return f"{d.time_s:6.2f} s  {d.label:<12} {d.score:.2f}"
 
 
@@ -1112,11 +1148,18 @@ def format_scores(h: HopScores, top: int = 3) -> str:
 
 
 def format_classification(path: str, c: Classification) -> str:
+    """``clip.wav  yes  0.97``; when several classes are active (a multi-label model), every one of them."""
+    if len(c.active) > 1:
+        return f"{path}  " + "  ".join(f"{label} {score:.2f}" for label, score in c.active.items())
     return f"{path}  {c.label}  {c.score:.2f}"
 
 
 def detection_json(d: Detection) -> dict[str, Any]:
-    return {"label": d.label, "score": _rounded(d.score), "time_s": _rounded(d.time_s)}
+    """An event as a JSON object; an offset (multi-label models) also says its kind and onset time."""
+    out = {"label": d.label, "score": _rounded(d.score), "time_s": _rounded(d.time_s)}
+    if d.kind != "onset":
+        out |= {"kind": d.kind, "onset_s": _rounded(d.onset_s) if d.onset_s is not None else None}
+    return out
 
 
 def scores_json(h: HopScores) -> dict[str, Any]:

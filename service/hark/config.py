@@ -140,7 +140,12 @@ class Settings(BaseSettings):
 
     # Postprocessing: one spoken word, one event
     smoothing_windows: int = Field(3, ge=1, le=50, description="Hops averaged before thresholding.")
-    threshold: float = Field(0.6, gt=0.0, le=1.0, description="Smoothed score that raises an event.")
+    threshold: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="Smoothed score that raises an event, for classes without a threshold in the version's manifest.",
+    )
     release_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Score below which a class re-arms.")
     refractory_s: float = Field(1.0, ge=0.0, description="Quiet time after an event for the same class.")
     holdoff_s: float = Field(

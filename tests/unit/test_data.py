@@ -20,6 +20,9 @@ from hark_training.data import (
     SPLITS,
     build_dataset,
     clip_counts,
+    is_background,
+    is_multilabel,
+    manifest_labels,
     normalize_peak,
     place,
     read_manifest,
@@ -137,11 +140,29 @@ def test_read_manifest_rejects_a_file_without_the_contract_columns(tmp_path: Pat
         read_manifest(bad)
 
 
-def test_read_manifest_rejects_an_unknown_label(tmp_path: Path) -> None:
+def test_read_manifest_takes_the_classes_from_the_data(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "path,label,split,voice,source\n"
+        "w/1.wav,whistle,train,a,import\nc/1.wav,clap,train,a,import\nm/1.wav,whistle;clap,val,b,import\n"
+    )
+    records = read_manifest(manifest)
+    assert manifest_labels(records) == ("whistle", "clap")  # order of first appearance
+    assert records[2].labels == ("whistle", "clap")
+    assert is_multilabel(records)
+    assert not is_multilabel(records[:2])
+
+
+def test_read_manifest_rejects_an_unknown_split(tmp_path: Path) -> None:
     bad = tmp_path / "manifest.csv"
-    bad.write_text("path,label,split,voice,source\nmaybe/1.wav,maybe,train,en+m3,espeak-ng\n")
-    with pytest.raises(ValueError, match="maybe"):
+    bad.write_text("path,label,split,voice,source\nmaybe/1.wav,maybe,training,en+m3,espeak-ng\n")
+    with pytest.raises(ValueError, match="training"):
         read_manifest(bad)
+
+
+def test_background_classes_are_named_like_this() -> None:
+    assert is_background("_silence_") and is_background("_noise_")
+    assert not is_background("whistle") and not is_background("_") and not is_background("snake_case")
 
 
 # --- the plan -------------------------------------------------------------------------------------------------------

@@ -155,7 +155,12 @@ def test_commands_register_and_override_the_config(tmp_path: Path) -> None:
     assert (config.epochs, config.seed, config.arch, config.run_dir) == (7, 5, "cnn", Path("runs/x"))
     assert args.func is train_mod.run
     args = parser.parse_args(["export", "runs/x", "--store", str(tmp_path)])
-    assert (args.run_dir, args.store, args.name, args.func) == (Path("runs/x"), tmp_path, "keywords", export_mod.run)
+    assert (args.run_dir, args.store, args.name, args.func) == (
+        Path("runs/x"),
+        tmp_path,
+        None,
+        export_mod.run,
+    )  # None: the run's own name
     for action in subparsers.choices["train"]._actions + subparsers.choices["export"]._actions:
         assert action.help, f"option {action.dest} has no help text"
 

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from hark.core.audio import resample
 from hark.core.preprocess import normalize_peak, trim_silence
+from hark_training.features import clip_labels
 from hark_training.noise import NOISE_KINDS, make_noise, mix_at_snr, power
 
 FloatArray = npt.NDArray[np.float64]
@@ -132,13 +133,41 @@ _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9+._-]+")
 
 @dataclass(frozen=True)
 class ClipRecord:
-    """One manifest row as the trainer needs it."""
+    """One manifest row as the trainer needs it.
+
+    ``label`` is the column as written: one class, several joined by ``;`` (a multi-label clip), or empty
+    (a multi-label clip in which no class is active).
+    """
 
     path: Path
     label: str
     split: str
     voice: str
     source: str
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The clip's classes (none for an empty label)."""
+        return clip_labels(self.label)
+
+
+def is_background(label: str) -> bool:
+    """Background classes are named ``_like_this_`` (``_silence_``, ``_unknown_``, ``_noise_``): they are
+    learned and scored but never raise events. A data set chooses them by naming its classes."""
+    return len(label) > 2 and label.startswith("_") and label.endswith("_")
+
+
+def manifest_labels(records: Iterable[ClipRecord]) -> tuple[str, ...]:
+    """The data set's classes, in order of first appearance in the manifest: the labels come from the data."""
+    seen: dict[str, None] = {}
+    for record in records:
+        seen.update(dict.fromkeys(record.labels))
+    return tuple(seen)
+
+
+def is_multilabel(records: Iterable[ClipRecord]) -> bool:
+    """True when any clip has several classes or none: such a data set trains one sigmoid per class."""
+    return any(len(record.labels) != 1 for record in records)
 
 
 @dataclass(frozen=True, order=True)
@@ -465,7 +494,11 @@ def write_manifest(rows: Iterable[dict[str, str]], path: Path) -> None:
 
 
 def read_manifest(path: Path) -> list[ClipRecord]:
-    """The manifest's clips with absolute paths; raises ValueError on a malformed manifest."""
+    """The manifest's clips with absolute paths; raises ValueError on a malformed manifest.
+
+    Any label is accepted (the data set defines its classes, :func:`manifest_labels`); the split must be one
+    of :data:`SPLITS`.
+    """
     path = Path(path)
     root = path.resolve().parent
     with path.open(newline="", encoding="utf-8") as f:
@@ -475,8 +508,10 @@ def read_manifest(path: Path) -> list[ClipRecord]:
             raise ValueError(f"{path}: columns must start with {','.join(MANIFEST_COLUMNS)}, found {','.join(header)}")
         records = []
         for line, row in enumerate(reader, start=2):
-            if row["label"] not in LABELS or row["split"] not in SPLITS:
-                raise ValueError(f"{path}:{line}: unknown label {row['label']!r} or split {row['split']!r}")
+            if row["split"] not in SPLITS:
+                raise ValueError(f"{path}:{line}: unknown split {row['split']!r}; use one of {', '.join(SPLITS)}")
+            if row["path"] is None or row["label"] is None:
+                raise ValueError(f"{path}:{line}: the row has fewer columns than the header")
             records.append(ClipRecord(root / row["path"], row["label"], row["split"], row["voice"], row["source"]))
     return records
 
@@ -529,13 +564,14 @@ def build_dataset(
 
 def summarize(records: Sequence[ClipRecord]) -> str:
     """A table of clips per label and split, and how many distinct speakers each split holds."""
-    counts = Counter((r.label, r.split) for r in records)
-    width = max(len(label) for label in LABELS) + 2
+    counts = Counter((label, r.split) for r in records for label in (r.labels or ("(none)",)))
+    labels = [*manifest_labels(records), *(["(none)"] if any(not r.labels for r in records) else [])]
+    width = max((len(label) for label in labels), default=5) + 2
     lines = [f"{'label':<{width}}" + "".join(f"{s:>8}" for s in (*SPLITS, "total"))]
-    for label in LABELS:
+    for label in labels:
         cells = [counts[label, s] for s in SPLITS]
         lines.append(f"{label:<{width}}" + "".join(f"{c:>8}" for c in (*cells, sum(cells))))
-    totals = [sum(counts[label, s] for label in LABELS) for s in SPLITS]
+    totals = [sum(1 for r in records if r.split == s) for s in SPLITS]
     lines.append(f"{'total':<{width}}" + "".join(f"{c:>8}" for c in (*totals, sum(totals))))
     speakers = {s: {r.voice for r in records if r.split == s and r.source == SOURCE_SPEECH} for s in SPLITS}
     variants = {s: {v.rsplit("+", 1)[-1] for v in speakers[s]} for s in SPLITS}
@@ -591,9 +627,15 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``hark data build`` and ``hark data stats`` (entry point group ``hark.commands``)."""
-    data = subparsers.add_parser("data", help="build and inspect the keyword data set")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,stats,voices}")
+    """Register ``hark data build``, ``hark data import``, ``hark data drums`` and ``hark data stats``
+    (entry point ``hark.commands``)."""
+    from hark_training.drums import add_drums_command
+    from hark_training.importer import add_import_command
+
+    data = subparsers.add_parser("data", help="build, import and inspect data sets")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,import,drums,stats,voices}")
+    add_import_command(commands)
+    add_drums_command(commands)
 
     build = commands.add_parser(
         "build",

@@ -42,7 +42,7 @@ from hark.core.model_store import (
     load_version,
     read_manifest,
 )
-from hark.core.postprocess import PostprocessConfig, Postprocessor
+from hark.core.postprocess import DetectionOverrides, PostprocessConfig, Postprocessor
 from hark_training.features import extract
 from hark_training.voices import parse_events, streams_of
 
@@ -77,12 +77,12 @@ def detect(
     thresholds: Mapping[str, float] | None = None,
     settings: Settings | None = None,
 ) -> list[tuple[str, float]]:
-    """The events the server's postprocessor raises, with per-class thresholds when given."""
-    config = PostprocessConfig.from_settings(settings or Settings(), manifest)
-    scale = np.array([config.threshold / (thresholds or {}).get(label, config.threshold) for label in config.labels])
-    post = Postprocessor(config)
+    """The events the server's postprocessor raises, with per-class thresholds when given (in place of the
+    manifest's, exactly as a stream's ``class_thresholds`` would set them)."""
+    overrides = DetectionOverrides(thresholds=tuple(sorted((thresholds or {}).items())))
+    post = Postprocessor(PostprocessConfig.from_settings(settings or Settings(), manifest, overrides))
     events: list[tuple[str, float]] = []
-    for t, p in zip(times, probs * scale, strict=True):
+    for t, p in zip(times, probs, strict=True):
         events += [(d.label, d.time_s) for d in post.update(p, float(t))[1]]
     return events
 

@@ -362,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.events is not None:
+        return run_events(version_dir, args.events, args.out)
     try:
         report = evaluate_version(version_dir, args.data, args.split, out_dir=args.out, progress=not args.quiet)
     except VerificationError as e:
@@ -378,6 +380,47 @@ def run(args: argparse.Namespace) -> int:
     if table := per_engine_table(version_dir, Path(report["data_manifest"]), args.split):
         print(table)
     print(f"wrote {', '.join(str(where / name) for name in REPORT_FILES)}")
+    return 0
+
+
+def run_events(version_dir: Path, folder: Path, out: Path | None) -> int:
+    """``hark eval VERSION --events DIR``: event-level figures of a multi-label version (``hark_training.sed``),
+    written to ``event_metrics.json`` beside the version (or in ``out``), headline figures into its manifest."""
+    from hark_training.sed import METRICS_FILE as EVENT_METRICS
+    from hark_training.sed import evaluate_events
+
+    try:
+        loaded = load_version(version_dir)
+        report = evaluate_events(loaded, folder)
+    except VerificationError as e:
+        print(f"error: {version_dir} does not verify: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = {"events": str(folder), **report}
+    target = (out or version_dir) / EVENT_METRICS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    if out is None:
+        update_metrics(
+            version_dir,
+            {
+                "events": {
+                    "data": str(folder),
+                    "event_f1_onset": report["event_f1_onset"]["f1"],
+                    "event_f1_onset_offset": report["event_f1_onset_offset"]["f1"],
+                    "segment_f1_1s": report["segment_f1_1s"]["f1"],
+                    "psds1": report["psds1"],
+                }
+            },
+        )
+    print(
+        f"{version_dir} on {report['recordings']} recordings ({report['seconds']} s, {report['reference_events']} "
+        f"events) in {folder}: event F1 {report['event_f1_onset']['f1']} (onset, 200 ms), "
+        f"{report['event_f1_onset_offset']['f1']} (onset and offset), segment F1 {report['segment_f1_1s']['f1']} "
+        f"(1 s), PSDS1 {report['psds1']} -> {target}"
+    )
     return 0
 
 
@@ -409,6 +452,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         "--out",
         type=Path,
         help="Write the report into this folder instead, leaving the version and its manifest as they are",
+    )
+    parser.add_argument(
+        "--events",
+        type=Path,
+        metavar="DIR",
+        help="Multi-label versions: stream the recordings in DIR (with DIR/events.csv: filename,event_label,"
+        "onset,offset) and report event-based F1, segment-based F1 (sed_eval) and PSDS (psds_eval)",
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bars")
     parser.set_defaults(func=run)

@@ -38,10 +38,10 @@ from hark.core.model_store import (
     publish_verified,
     sha256_file,
 )
-from hark.core.runner import create_session, softmax
+from hark.core.runner import create_session, sigmoid, softmax
 from hark_training import backbone
 from hark_training.config import TrainConfig, load_config
-from hark_training.data import ClipRecord
+from hark_training.data import ClipRecord, is_background
 from hark_training.evaluate import (
     DIGITS,
     REPORT_FILES,
@@ -52,12 +52,12 @@ from hark_training.evaluate import (
 )
 from hark_training.features import SplitFeatures, load_splits
 from hark_training.models import count_parameters
+from hark_training.multilabel import choose_thresholds, multilabel_report
 from hark_training.streaming import CausalTCN, export_streaming_onnx, streaming_logits, streaming_step_inputs
 from hark_training.train import CHECKPOINT_FILE, CONFIG_FILE, RUN_FILE, STATS_FILE, load_checkpoint
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "logits"
-BACKGROUND_LABELS = ("_silence_", "_unknown_")
 PARITY_TOLERANCE = 1e-4
 PARITY_WINDOWS = 64
 OPSET = 17
@@ -190,9 +190,53 @@ def evaluate_onnx(
     }
 
 
+def evaluate_onnx_multilabel(
+    onnx_path: Path,
+    splits: dict[str, SplitFeatures],
+    labels: Sequence[str],
+    timing_window: FloatArray,
+    report_dir: Path,
+    **context: Any,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """A multi-label version's figures, measured with onnxruntime on the exported file, and its per-class
+    thresholds, chosen on val for :data:`hark_training.multilabel.DEFAULT_TARGET_FPR` (test never chooses).
+
+    The test report (per-class AP, precision, recall and F1 at the thresholds) goes to ``report_dir``.
+    """
+    session = create_session(onnx_path, 2)
+    val_p = sigmoid(onnx_logits(session, splits["val"].x))
+    thresholds = choose_thresholds(val_p, splits["val"].y, labels)
+    val = multilabel_report(val_p, splits["val"].y, labels, thresholds, logits=False)
+    test = multilabel_report(
+        sigmoid(onnx_logits(session, splits["test"].x)), splits["test"].y, labels, thresholds, logits=False
+    )
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps({**context, "split": "test", **test}, indent=2) + "\n")
+    metrics = {
+        "test_map": test["map"],
+        "test_micro_f1": test["micro_f1"],
+        "per_class_average_precision": {k: v["average_precision"] for k, v in test["per_class"].items()},
+        "val_map": val["map"],
+        "evaluation": {**context, "split": "test", "n": test["n"], "map": test["map"], "micro_f1": test["micro_f1"]},
+        "n_test": len(splits["test"]),
+        "n_val": len(splits["val"]),
+        "size_bytes": onnx_path.stat().st_size,
+        "inference_ms_per_window": inference_ms(onnx_path, timing_window, batch=1),
+        "inference_threads": 1,
+    }
+    return metrics, thresholds
+
+
 def class_prior(records: Iterable[ClipRecord], labels: Sequence[str]) -> dict[str, float]:
-    """The training split's share of each label: what prediction drift compares live traffic with."""
-    counts = Counter(r.label for r in records if r.split == "train")
+    """The training split's share of each label: what prediction drift compares live traffic with.
+
+    For multi-label data, the share of training clips in which each class is active."""
+    train = [r for r in records if r.split == "train"]
+    if any(len(r.labels) != 1 for r in train):
+        if not train:
+            raise ValueError("the data manifest has no training clips")
+        return {label: round(sum(label in r.labels for r in train) / len(train), DIGITS) for label in labels}
+    counts = Counter(r.label for r in train)
     total = sum(counts[label] for label in labels)
     if total == 0:
         raise ValueError("the data manifest has no training clips of the model's labels")
@@ -244,18 +288,24 @@ def manifest_fields(
     run: dict[str, Any],
     stats: FeatureStats,
     metrics: dict[str, Any],
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Every manifest field but those :func:`publish_version` fills (version, sha256, size, created_at)."""
+    """Every manifest field but those :func:`publish_version` fills (version, sha256, size, created_at).
+
+    ``thresholds`` (per class) make it a multi-label version: ``output_kind`` sigmoid, one detector per class.
+    Background classes are the data set's ``_named_like_this_`` ones (:func:`hark_training.data.is_background`).
+    """
     return {
         "name": name,
         "labels": list(labels),
-        "background_labels": [label for label in BACKGROUND_LABELS if label in labels],
+        "background_labels": [label for label in labels if is_background(label)],
         "frontend": frontend.model_dump(mode="json"),
         "window_frames": config.window_frames,
         "hop_frames": config.hop_frames,
         "input": {"name": INPUT_NAME, "shape": ["batch", config.window_frames, frontend.n_mels]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(labels)]},
-        "output_kind": "logits",
+        "output_kind": "logits" if thresholds is None else "sigmoid",
+        **({} if thresholds is None else {"thresholds": thresholds}),
         "reference_stats": stats.model_dump(mode="json"),
         "metrics": metrics,
         "training": {
@@ -275,7 +325,7 @@ def manifest_fields(
 def export_run(
     run_dir: Path,
     store: Path,
-    name: str = "keywords",
+    name: str | None = None,
     *,
     version: int | None = None,
     data: Path | None = None,
@@ -286,16 +336,25 @@ def export_run(
     from hark_training.data import read_manifest
 
     config = load_config(run_dir / CONFIG_FILE)
+    name = name or config.name
     run = json.loads((run_dir / RUN_FILE).read_text())
     stats = FeatureStats.model_validate_json((run_dir / STATS_FILE).read_text())
     model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
     labels: list[str] = checkpoint["labels"]
+    multilabel = bool(checkpoint.get("multilabel", False))
     frontend = FrontendConfig.model_validate(run["frontend"])
     manifest = data or config.data
     if sha256_file(manifest) != run["data_manifest_sha256"]:
         raise ValueError(f"{manifest} changed since {run_dir} was trained; its test split may overlap training")
     splits = load_splits(
-        manifest, labels, frontend, config.window_frames, read=read_manifest, splits=("val", "test"), progress=progress
+        manifest,
+        labels,
+        frontend,
+        config.window_frames,
+        read=read_manifest,
+        splits=("val", "test"),
+        progress=progress,
+        multilabel=multilabel,
     )
     if len(splits["test"]) == 0:
         raise ValueError(f"{manifest} has no test clips to measure the model on")
@@ -319,15 +378,24 @@ def export_run(
         report_dir = Path(tmp) / "report"
         data_context = {"data_manifest": str(manifest), "data_manifest_sha256": run["data_manifest_sha256"]}
         timing = splits["test"].x[0][-config.hop_frames :] if states else splits["test"].x[0]
-        metrics = {
-            **evaluate_onnx(
+        thresholds: dict[str, float] | None = None
+        if multilabel:
+            if states:
+                raise ValueError("a streaming architecture cannot be exported multi-label yet")
+            measured, thresholds = evaluate_onnx_multilabel(
+                onnx_path, splits, labels, splits["test"].x[0], report_dir, **data_context
+            )
+        else:
+            measured = evaluate_onnx(
                 onnx_path, splits, labels, timing, report_dir, logits_of=logits_of, states=states, **data_context
-            ),
+            )
+        metrics = {
+            **measured,
             "parameters": count_parameters(model),
             "parity_max_abs_diff": diff,
             "class_prior": class_prior(records, labels),
         }
-        fields = manifest_fields(name, labels, frontend, config, run, stats, metrics)
+        fields = manifest_fields(name, labels, frontend, config, run, stats, metrics, thresholds)
         if states:
             fields |= {
                 "model_kind": "streaming",
@@ -336,16 +404,31 @@ def export_run(
             }
         # Where the weights came from: `hark explain` needs the torch checkpoint and checks it is this one.
         fields["training"] |= {"run_dir": str(run_dir), "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT_FILE)}
-        reports = {file_name: report_dir / file_name for file_name in REPORT_FILES}
+        reports = {f.name: f for f in (report_dir / file_name for file_name in REPORT_FILES) if f.is_file()}
         if config.arch == "oww_transfer":  # the backbone's weights travel with the version, so its terms do too
             reports["NOTICE.md"] = backbone.NOTICE
-        control = {CONTROL_DIR: write_control_set(pick_control_clips(records, labels), Path(tmp) / CONTROL_DIR)}
+        # A control set is single-label clips with one expected answer each; multi-label versions carry none.
+        control = (
+            {}
+            if multilabel
+            else {CONTROL_DIR: write_control_set(pick_control_clips(records, labels), Path(tmp) / CONTROL_DIR)}
+        )
         return publish_verified(store, fields, onnx_path, version, reports, control)
 
 
 def summary(version_dir: Path) -> str:
     manifest = json.loads((version_dir / "manifest.json").read_text())
     m = manifest["metrics"]
+    if manifest.get("output_kind") == "sigmoid":
+        per_class = "  ".join(f"{k} {v}" for k, v in m["per_class_average_precision"].items())
+        thresholds = "  ".join(f"{k} {v}" for k, v in manifest["thresholds"].items())
+        return (
+            f"published {version_dir} (multi-label: one sigmoid per class)\n"
+            f"  test mAP {m['test_map']} (val {m['val_map']}), micro F1 {m['test_micro_f1']} on {m['n_test']} clips\n"
+            f"  average precision per class: {per_class}\n"
+            f"  thresholds (val, target false-positive rate): {thresholds}\n"
+            f"  {m['parameters']} parameters, {m['size_bytes']} bytes, {m['inference_ms_per_window']:.3f} ms per window"
+        )
     per_class = "  ".join(f"{k} {v:.3f}" for k, v in m["per_class_accuracy"].items())
     return (
         f"published {version_dir}\n"
@@ -387,7 +470,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     parser.add_argument(
         "--store", type=Path, default=Path("model_store"), help="Model store root (default model_store)"
     )
-    parser.add_argument("--name", default="keywords", help="Model name in the store (default keywords)")
+    parser.add_argument("--name", help="Model name in the store (default: the run's name, e.g. keywords)")
     parser.add_argument("--version", type=int, help="Version number to publish (default: the next free one)")
     parser.add_argument("--data", type=Path, help="Data manifest to evaluate on (default: the one the run trained on)")
     parser.add_argument("--quiet", action="store_true", help="No progress bars")

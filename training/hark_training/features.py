@@ -43,9 +43,18 @@ class Clip(Protocol):
     def split(self) -> str: ...
 
 
+LABEL_SEPARATOR = ";"
+
+
+def clip_labels(label: str) -> tuple[str, ...]:
+    """A manifest ``label`` cell as classes: ``"kick;hihat"`` -> ``("kick", "hihat")``, ``""`` -> ``()``."""
+    return tuple(part.strip() for part in label.split(LABEL_SEPARATOR) if part.strip())
+
+
 @dataclass(frozen=True)
 class SplitFeatures:
-    """One split's windows ``x: (n, frames, n_mels)`` and label indices ``y: (n,)``."""
+    """One split's windows ``x: (n, frames, n_mels)`` and targets ``y``: label indices ``(n,)`` for a
+    single-label data set, multi-hot rows ``(n, classes)`` of 0/1 for a multi-label one."""
 
     x: FloatArray
     y: IntArray
@@ -101,13 +110,20 @@ def extract(
     return out
 
 
-def cache_key(manifest_sha256: str, frontend: FrontendConfig, window_frames: int, labels: Sequence[str]) -> str:
+def cache_key(
+    manifest_sha256: str,
+    frontend: FrontendConfig,
+    window_frames: int,
+    labels: Sequence[str],
+    multilabel: bool = False,
+) -> str:
     blob = json.dumps(
         {
             "manifest": manifest_sha256,
             "frontend": frontend.model_dump(mode="json"),
             "window": window_frames,
             "labels": list(labels),
+            **({"multilabel": True} if multilabel else {}),
         },
         sort_keys=True,
     )
@@ -131,19 +147,29 @@ def load_split(
     *,
     workers: int = 2,
     progress: bool = False,
+    multilabel: bool = False,
 ) -> SplitFeatures:
-    """One split's features, from the cache next to ``manifest`` or computed (then cached)."""
-    key = cache_key(sha256_file(manifest), frontend, window_frames, labels)
+    """One split's features, from the cache next to ``manifest`` or computed (then cached).
+
+    ``multilabel`` makes ``y`` multi-hot rows (a clip's ``label`` may name several classes, or none).
+    """
+    key = cache_key(sha256_file(manifest), frontend, window_frames, labels, multilabel)
     folder = manifest.parent / "features" / key
     x_path, y_path = folder / f"{split}_x.npy", folder / f"{split}_y.npy"
     if x_path.is_file() and y_path.is_file():
         return SplitFeatures(x=np.load(x_path), y=np.load(y_path))
     index = {label: i for i, label in enumerate(labels)}
     rows = [r for r in records if r.split == split]
-    if unknown := {r.label for r in rows} - set(index):
+    per_row = [clip_labels(r.label) if multilabel else (r.label,) for r in rows]
+    if unknown := {label for names in per_row for label in names} - set(index):
         raise ValueError(f"{manifest} has labels {sorted(unknown)} that are not among {list(labels)}")
     x = extract([Path(r.path) for r in rows], frontend, window_frames, workers=workers, progress=progress, desc=split)
-    y = np.array([index[r.label] for r in rows], dtype=np.int64)
+    if multilabel:
+        y = np.zeros((len(rows), len(labels)), dtype=np.int64)
+        for i, names in enumerate(per_row):
+            y[i, [index[label] for label in names]] = 1
+    else:
+        y = np.array([index[names[0]] for names in per_row], dtype=np.int64)
     folder.mkdir(parents=True, exist_ok=True)
     _save_atomic(x_path, x)
     _save_atomic(y_path, y)
@@ -160,11 +186,22 @@ def load_splits(
     splits: Sequence[str] = SPLITS,
     workers: int = 2,
     progress: bool = False,
+    multilabel: bool = False,
 ) -> dict[str, SplitFeatures]:
     """Features of several splits of one manifest, read once with ``read`` (``hark_training.data.read_manifest``)."""
     records = read(manifest)
     return {
-        split: load_split(manifest, records, split, labels, frontend, window_frames, workers=workers, progress=progress)
+        split: load_split(
+            manifest,
+            records,
+            split,
+            labels,
+            frontend,
+            window_frames,
+            workers=workers,
+            progress=progress,
+            multilabel=multilabel,
+        )
         for split in splits
     }
 

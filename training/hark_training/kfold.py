@@ -41,6 +41,7 @@ from hark_training.train import (
     config_for_command,
     load_checkpoint,
     predict,
+    single_label_classes,
     train,
 )
 
@@ -201,7 +202,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out or RUNS_DIR / f"{config.name}-kfold"
     try:
         report = cross_validate(
-            config, args.folds, out_dir, labels=data.LABELS, read_manifest=data.read_manifest, progress=not args.quiet
+            config,
+            args.folds,
+            out_dir,
+            labels=single_label_classes(config.data, "kfold"),
+            read_manifest=data.read_manifest,
+            progress=not args.quiet,
         )
     except ValueError as e:  # too few voices for the folds, or waveform augmentation (needs the clips)
         print(f"error: {e}", file=sys.stderr)

@@ -62,6 +62,30 @@ class BinaryCrossEntropy(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, target, weight=self.weight)
 
 
+class BinaryFocalLoss(nn.Module):
+    """Sigmoid focal loss per label (Lin et al. 2017) over multi-hot targets: each label's binary
+    cross-entropy scaled by ``(1 - p_t) ** gamma``, so the many easy negatives of sound-event data (every
+    class that is silent in a window) weigh little. At ``gamma = 0`` it is :class:`BinaryCrossEntropy`."""
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.weight = weight
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 1:
+            target = F.one_hot(target, logits.shape[1])
+        target = target.to(logits.dtype) * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * target + (1.0 - p) * (1.0 - target)
+        loss = (1.0 - p_t).pow(self.gamma) * bce
+        if self.weight is not None:
+            loss = loss * self.weight
+        return loss.mean()
+
+
 LossFactory = Callable[[torch.Tensor, TrainConfig], nn.Module]
 
 LOSSES: dict[str, LossFactory] = {
@@ -78,9 +102,26 @@ def class_weight_tensor(class_weights: Mapping[str, float], labels: Sequence[str
     return torch.tensor([class_weights.get(label, 1.0) for label in labels])
 
 
-def build_loss(config: TrainConfig, labels: Sequence[str]) -> nn.Module:
-    """The loss ``config.loss`` names, with the config's class weights, label smoothing and focal gamma."""
-    return LOSSES[config.loss](class_weight_tensor(config.class_weights, labels), config)
+MULTILABEL_LOSSES: dict[str, LossFactory] = {
+    "bce": LOSSES["bce"],
+    "focal": lambda weight, c: BinaryFocalLoss(c.focal_gamma, weight=weight, label_smoothing=c.label_smoothing),
+}
+
+
+def build_loss(config: TrainConfig, labels: Sequence[str], multilabel: bool = False) -> nn.Module:
+    """The loss ``config.loss`` names, with the config's class weights, label smoothing and focal gamma.
+
+    A multi-label data set (multi-hot targets) needs a per-label sigmoid loss: ``bce``, or ``focal`` as its
+    sigmoid form; ``ce`` (one class per clip) is refused there.
+    """
+    weight = class_weight_tensor(config.class_weights, labels)
+    if multilabel:
+        if config.loss not in MULTILABEL_LOSSES:
+            raise ValueError(
+                f"loss {config.loss!r} needs one class per clip; a multi-label data set takes bce or focal"
+            )
+        return MULTILABEL_LOSSES[config.loss](weight, config)
+    return LOSSES[config.loss](weight, config)
 
 
 def inverse_frequency_weights(y: np.ndarray[Any, Any]) -> list[float]:
@@ -91,6 +132,8 @@ def inverse_frequency_weights(y: np.ndarray[Any, Any]) -> list[float]:
 
 def build_sampler(kind: str, y: np.ndarray[Any, Any], gen: torch.Generator) -> Sampler[int]:
     """The order of one epoch's windows (class indices ``y``): a permutation, or class-balanced draws."""
+    if kind == "weighted" and y.ndim != 1:
+        raise ValueError("sampler weighted needs one class per clip; a multi-label data set takes shuffle")
     if kind == "shuffle":
         return RandomSampler(range(len(y)), generator=gen)
     if kind == "weighted":

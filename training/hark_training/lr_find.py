@@ -30,7 +30,13 @@ from hark_training.config import RUNS_DIR, TrainConfig
 from hark_training.features import load_splits
 from hark_training.losses import build_loss, build_sampler
 from hark_training.models import build_model
-from hark_training.train import add_config_arguments, architecture_frontend, config_for_command, seed_everything
+from hark_training.train import (
+    add_config_arguments,
+    architecture_frontend,
+    config_for_command,
+    seed_everything,
+    single_label_classes,
+)
 
 PLOT_FILE = "lr_find.png"
 RESULT_FILE = "lr_find.json"
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         result = find_lr(
             config,
             out_dir,
-            labels=data.LABELS,
+            labels=single_label_classes(config.data, "lr-find"),
             read_manifest=data.read_manifest,
             start_lr=args.start_lr,
             end_lr=args.end_lr,

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -172,7 +173,31 @@ def predict(model: nn.Module, x: np.ndarray[Any, Any], batch_size: int = 512) ->
 
 
 def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
-    return float((logits.argmax(axis=1) == y).mean()) if len(y) else float("nan")
+    """Single-label: the share of windows whose top class is right. Multi-label (``y`` multi-hot): the share
+    of windows whose every class is right at probability 0.5 (logit 0)."""
+    if not len(y):
+        return float("nan")
+    if y.ndim == 2:
+        return float(((logits > 0) == (y > 0)).all(axis=1).mean())
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+@torch.no_grad()
+def validation_loss(loss_fn: nn.Module, logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    """The training loss on val (NaN for an empty val split)."""
+    if not len(y):
+        return math.nan
+    return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y)))
+
+
+def selection_score(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    """What picks the best epoch on val: accuracy, or for multi-label data mAP (mean per-class average
+    precision, threshold-free, so the thresholds chosen at export do not bias which epoch is kept)."""
+    if y.ndim == 2:
+        from hark_training.multilabel import mean_average_precision
+
+        return mean_average_precision(logits, y)
+    return accuracy(logits, y)
 
 
 def train_epoch(
@@ -200,18 +225,24 @@ def train_epoch(
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        if y.dim() == 2:  # multi-label: every class right at logit 0
+            correct += int(((logits > 0) == (y > 0)).all(dim=1).sum())
+        else:
+            correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-def save_checkpoint(path: Path, model: nn.Module, config: TrainConfig, labels: Sequence[str], n_mels: int) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, config: TrainConfig, labels: Sequence[str], n_mels: int, multilabel: bool = False
+) -> None:
     torch.save(
         {
             "arch": config.arch,
             "arch_options": dict(config.arch_options),
             "labels": list(labels),
+            "multilabel": multilabel,
             "n_frames": config.window_frames,
             "n_mels": n_mels,
             "state_dict": model.state_dict(),
@@ -284,9 +315,12 @@ def train(
     progress: bool = True,
     features: Mapping[str, SplitFeatures] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    multilabel: bool = False,
 ) -> Path:
     """Train ``config`` on the manifest's train split, keep the best (or last) epoch on val, write the run folder.
 
+    ``labels`` are the data set's classes (:func:`hark_training.data.manifest_labels`); ``multilabel`` trains
+    one sigmoid per class on multi-hot targets (the epoch kept is the one with the best val mAP).
     ``features`` replaces the manifest's ``train`` and ``val`` splits (k-fold passes each fold's windows);
     ``on_epoch`` sees every epoch's metrics row and may raise to end the run (a tuning trial's pruning).
     """
@@ -305,6 +339,7 @@ def train(
         read=read_manifest,
         splits=("train", "val"),
         progress=progress,
+        multilabel=multilabel,
     )
     train_set, val_set = splits["train"], splits["val"]
     if len(train_set) == 0:
@@ -312,23 +347,25 @@ def train(
     (run_dir / STATS_FILE).write_text(feature_stats(train_set.x).model_dump_json(indent=2) + "\n")
 
     noise = noise_bank(frontend, config.window_frames, config.seed)
-    if SILENCE in labels:  # the data set's own background windows are noise too
+    if SILENCE in labels and not multilabel:  # the data set's own background windows are noise too
         noise = torch.cat([noise, torch.from_numpy(train_set.x[train_set.y == labels.index(SILENCE)])])
     augment = log_power_augmenter(config, noise, gen, frontend)
     windows = None
     if config.augment.waveform.enabled:
         if features is not None:
             raise ValueError("waveform augmentation needs the manifest's clips; it cannot train on given features")
+        if multilabel:
+            raise ValueError("waveform augmentation takes one class per clip; turn it off for a multi-label data set")
         windows = waveform_windows(config, read_manifest(config.data), labels, frontend, progress)
 
     model = build_model(config.arch, len(labels), config.window_frames, frontend.n_mels, config.arch_options)
     optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(train_set) / config.batch_size)
     scheduler = build_scheduler(config.schedule, optimizer, config.lr, steps)
-    loss_fn = build_loss(config, labels)
+    loss_fn = build_loss(config, labels, multilabel)
     sampler = build_sampler(config.sampler, train_set.y, gen)
 
-    best_acc, best_epoch = -1.0, 0
+    best_acc, best_epoch, best_loss = -1.0, 0, math.inf
     val_history: list[float] = []
     metrics_path = run_dir / METRICS_FILE
     metrics_path.write_text("")
@@ -341,12 +378,14 @@ def train(
         timed_augment = TimedAugment(augment)
         loss, train_acc = train_epoch(model, batches, optimizer, scheduler, loss_fn, timed_augment, progress, desc)
         times = epoch_times(batches, timed_augment, time.perf_counter() - started)
-        val_acc = accuracy(predict(model, val_set.x), val_set.y)
+        val_logits = predict(model, val_set.x)
+        val_acc = selection_score(val_logits, val_set.y)
         row = {
             "epoch": epoch,
             "train_loss": round(loss, 5),
             "train_accuracy": round(train_acc, 5),
-            "val_accuracy": round(val_acc, 5),
+            **({"val_map": round(val_acc, 5)} if multilabel else {}),
+            "val_accuracy": round(accuracy(val_logits, val_set.y) if multilabel else val_acc, 5),
             "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.perf_counter() - started, 2),
             **times,
@@ -354,10 +393,15 @@ def train(
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if progress:
-            tqdm.write(f"{desc}: loss {loss:.4f}  train acc {train_acc:.4f}  val acc {val_acc:.4f}", file=sys.stderr)
-        if val_acc > best_acc or math.isnan(val_acc) or config.keep == "last":
-            best_acc, best_epoch = val_acc, epoch
-            save_checkpoint(run_dir / CHECKPOINT_FILE, model, config, labels, frontend.n_mels)
+            what = "val mAP" if multilabel else "val acc"
+            tqdm.write(f"{desc}: loss {loss:.4f}  train acc {train_acc:.4f}  {what} {val_acc:.4f}", file=sys.stderr)
+        # A tie on the val score goes to the lower val loss: a small val set saturates its accuracy early, and
+        # the first epoch to reach it is rarely the most confident one.
+        val_loss = validation_loss(loss_fn, val_logits, val_set.y)
+        tie = val_acc == best_acc and val_loss < best_loss
+        if val_acc > best_acc or tie or math.isnan(val_acc) or config.keep == "last":
+            best_acc, best_epoch, best_loss = val_acc, epoch, val_loss
+            save_checkpoint(run_dir / CHECKPOINT_FILE, model, config, labels, frontend.n_mels, multilabel)
         if on_epoch is not None:
             on_epoch(row)
         val_history.append(val_acc)
@@ -368,6 +412,7 @@ def train(
 
     summary = {
         "labels": list(labels),
+        "multilabel": multilabel,
         "frontend": frontend.model_dump(mode="json"),
         "window_frames": config.window_frames,
         "hop_frames": config.hop_frames,
@@ -379,7 +424,7 @@ def train(
         "epochs": config.epochs,
         "epochs_run": len(val_history),
         "best_epoch": best_epoch,
-        "best_val_accuracy": best_acc,
+        "best_val_accuracy": best_acc,  # mAP for a multi-label run (see selection_score)
         "parameters": count_parameters(model),
         "torch_version": torch.__version__,
     }
@@ -389,6 +434,21 @@ def train(
 
 
 def write_plots(run_dir: Path, val_set: SplitFeatures, labels: Sequence[str]) -> None:
+    """``training_curves.png`` and the kept checkpoint's val report (see :func:`write_single_label_plots`)."""
+    if val_set.y.ndim == 2:
+        from hark_training.multilabel import multilabel_report
+
+        rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line]
+        plot_training_curves(rows, run_dir / CURVES_FILE)
+        model, _ = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        report = multilabel_report(predict(model, val_set.x), val_set.y, labels)
+        (run_dir / VAL_REPORT_DIR).mkdir(exist_ok=True)
+        (run_dir / VAL_REPORT_DIR / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        return
+    write_single_label_plots(run_dir, val_set, labels)
+
+
+def write_single_label_plots(run_dir: Path, val_set: SplitFeatures, labels: Sequence[str]) -> None:
     """``training_curves.png`` from ``metrics.jsonl``, and the kept checkpoint's report on val under ``val/``.
 
     The test split is left to ``hark export`` and ``hark eval``, which measure the exported ONNX file itself.
@@ -404,9 +464,79 @@ def write_plots(run_dir: Path, val_set: SplitFeatures, labels: Sequence[str]) ->
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """The config file (or the defaults) with the command-line options that were given on top."""
-    base = load_config(args.config) if args.config else TrainConfig()
+@dataclass(frozen=True)
+class DataSet:
+    """What training needs to know of a data manifest: its classes, in manifest order, and whether a clip
+    may hold several (or none) of them."""
+
+    labels: tuple[str, ...]
+    multilabel: bool
+
+
+def read_dataset(manifest: Path) -> DataSet:
+    """The classes of a data manifest, from the data itself (``hark_training.data.manifest_labels``)."""
+    from hark_training import data
+
+    records = data.read_manifest(manifest)
+    labels = data.manifest_labels(records)
+    if len(labels) < 2:
+        raise ValueError(f"{manifest} has {len(labels)} class(es) ({', '.join(labels) or 'none'}); a model needs two")
+    return DataSet(labels, data.is_multilabel(records))
+
+
+def single_label_classes(manifest: Path, command: str) -> tuple[str, ...]:
+    """The classes of a single-label data set, for the commands that score by accuracy (kfold, tune, lr-find)."""
+    dataset = read_dataset(manifest)
+    if dataset.multilabel:
+        raise ValueError(f"hark {command} takes a single-label data set; {manifest} is multi-label (train it)")
+    return dataset.labels
+
+
+def default_recipe(manifest: Path, dataset: DataSet) -> TrainConfig:
+    """A sensible recipe for a data set nobody has tuned for: the window is the data's clip length (median,
+    between 0.5 and 4 s), the hop a tenth of it; a small DS-CNN without per-window normalisation, batches of
+    a tenth of the training clips (8 to 64) for about 400 steps (20 to 60 epochs),
+    stopping early after 10 epochs without progress;
+    the loss that fits the targets (``bce`` without label smoothing for multi-label data, ``ce`` otherwise)."""
+    import soundfile as sf
+
+    from hark_training import data
+
+    frontend = architecture_frontend("dscnn")
+    train_rows = [r for r in data.read_manifest(manifest) if r.split == "train"][:200]
+    seconds = sorted(sf.info(str(r.path)).duration for r in train_rows) or [1.0]
+    clip_s = min(4.0, max(0.5, seconds[len(seconds) // 2]))
+    window_frames = frontend.n_frames(round(clip_s * frontend.sample_rate))
+    n_train = sum(1 for r in data.read_manifest(manifest) if r.split == "train")
+    batch_size = int(np.clip(n_train // 10, 8, 64))  # a small data set still gets several steps an epoch
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    fields: dict[str, Any] = {
+        "name": re.sub(r"[^a-z0-9_-]+", "-", manifest.resolve().parent.name.lower()).strip("-_") or "model",
+        "data": manifest,
+        # No per-window normalisation: in sounds other than speech, the level (a noise vs the room, a soft vs
+        # a hard hit) and steady spectra (a tone) are what tells classes apart.
+        "arch_options": {"norm": "none"},
+        "epochs": int(np.clip(math.ceil(400 / steps_per_epoch), 20, 60)),  # about 400 steps or more
+        "batch_size": batch_size,
+        "patience": 10,
+        "window_frames": window_frames,
+        "hop_frames": max(1, window_frames // 10),
+    }
+    if dataset.multilabel:
+        fields |= {"loss": "bce", "label_smoothing": 0.0}
+    return TrainConfig.model_validate(fields)
+
+
+def resolve_config(args: argparse.Namespace, dataset: DataSet | None = None) -> TrainConfig:
+    """The config file (or the defaults) with the command-line options that were given on top.
+
+    Without ``--config`` and given the data set, the defaults are :func:`default_recipe`'s."""
+    if args.config:
+        base = load_config(args.config)
+    elif dataset is not None and args.data is not None:
+        base = default_recipe(args.data, dataset)
+    else:
+        base = TrainConfig()
     overrides = {
         key: value
         for key, value in {
@@ -442,8 +572,9 @@ def run(args: argparse.Namespace) -> int:
     from hark_training import data
 
     try:
-        config = resolve_config(args)
-    except (OSError, ValueError) as e:  # a missing or invalid config file (pydantic errors are ValueErrors)
+        dataset = read_dataset(args.data) if args.data is not None and args.data.is_file() else None
+        config = resolve_config(args, dataset)
+    except (OSError, ValueError) as e:  # a missing or invalid config or manifest (pydantic errors are ValueErrors)
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not config.data.is_file():
@@ -456,12 +587,37 @@ def run(args: argparse.Namespace) -> int:
         sizes = {} if config.per_class is None else {"per_class": config.per_class}
         built = data.build_dataset(config.data.parent, seed=config.seed, progress=not args.quiet, **sizes)
         config = config.model_copy(update={"data": Path(built)})
+    try:
+        dataset = read_dataset(config.data)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.config is None:
+        print(
+            f"no --config: the default recipe for this data set, saved as {config.run_dir / CONFIG_FILE}: "
+            f"arch {config.arch}, loss {config.loss}, {config.epochs} epochs (patience {config.patience}), "
+            f"batch {config.batch_size}, lr {config.lr:g}, window {config.window_frames} frames, "
+            f"hop {config.hop_frames} frames"
+        )
+    kind = "multi-label" if dataset.multilabel else "single-label"
+    print(f"{len(dataset.labels)} classes ({kind}): {', '.join(dataset.labels)}")
     started = time.perf_counter()
-    run_dir = train(config, labels=data.LABELS, read_manifest=data.read_manifest, progress=not args.quiet)
+    try:
+        run_dir = train(
+            config,
+            labels=dataset.labels,
+            read_manifest=data.read_manifest,
+            progress=not args.quiet,
+            multilabel=dataset.multilabel,
+        )
+    except ValueError as e:  # a split without clips, a loss that does not fit the targets
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = json.loads((run_dir / RUN_FILE).read_text())
+    what = "val mAP" if dataset.multilabel else "val accuracy"
     print(
         f"trained {config.arch} ({summary['parameters']} parameters) in {time.perf_counter() - started:.0f} s: "
-        f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']} -> {run_dir}"
+        f"best {what} {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']} -> {run_dir}"
     )
     return 0
 

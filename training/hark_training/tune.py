@@ -28,7 +28,13 @@ from hark.core.frontend import FrontendConfig
 from hark_training.config import RUNS_DIR, TrainConfig, config_to_json
 from hark_training.features import SplitFeatures, load_splits
 from hark_training.models import ARCHITECTURES
-from hark_training.train import add_config_arguments, architecture_frontend, config_for_command, train
+from hark_training.train import (
+    add_config_arguments,
+    architecture_frontend,
+    config_for_command,
+    single_label_classes,
+    train,
+)
 
 TRIALS_CSV = "trials.csv"
 TRIALS_TABLE = "trials.md"
@@ -202,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir,
             trials=args.trials,
             timeout=args.timeout,
-            labels=data.LABELS,
+            labels=single_label_classes(config.data, "tune"),
             read_manifest=data.read_manifest,
             progress=not args.quiet,
         )

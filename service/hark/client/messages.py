@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from hark.client.audio import AudioChunk
@@ -37,9 +38,17 @@ def classify_request(
 
 
 def config_request(
-    *, sample_rate: int, model: str, version: int, encoding: str, emit_scores: bool
+    *,
+    sample_rate: int,
+    model: str,
+    version: int,
+    encoding: str,
+    emit_scores: bool,
+    class_thresholds: Mapping[str, float] | None = None,
+    sensitivity: float = 0.0,
+    allowed_classes: Sequence[str] = (),
 ) -> hark_pb2.StreamRequest:
-    """A stream's first message."""
+    """A stream's first message; the last three are its detection settings (``StreamConfig`` fields 7-9)."""
     check_sample_rate(sample_rate)
     config = hark_pb2.StreamConfig(
         model=model,
@@ -47,6 +56,9 @@ def config_request(
         sample_rate_hz=sample_rate,
         encoding=encoding_enum(encoding),
         emit_scores=emit_scores,
+        class_thresholds=dict(class_thresholds or {}),
+        sensitivity=sensitivity,
+        allowed_classes=list(allowed_classes),
     )
     return hark_pb2.StreamRequest(config=config)
 

@@ -6,7 +6,7 @@ The sync and async clients share these, so the same file gives equal results thr
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -52,11 +52,15 @@ class HopScores:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """A debounced event; ``time_s`` is the centre of the triggering window in the stream's audio."""
+    """A debounced event; ``time_s`` is the centre of the triggering window in the stream's audio.
+
+    ``kind`` is ``"onset"`` or, from a multi-label model, ``"offset"`` (``onset_s`` then says when it began)."""
 
     label: str
     score: float
     time_s: float
+    kind: str = "onset"
+    onset_s: float | None = None
 
 
 StreamItem = StreamStarted | HopScores | Detection
@@ -64,13 +68,15 @@ StreamItem = StreamStarted | HopScores | Detection
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """One whole clip's answer: the best label and every class's probability."""
+    """One whole clip's answer: the best label, every class's probability, and the classes active in the clip
+    (strongest first; several for a multi-label model)."""
 
     model: str
     version: int
     label: str
     score: float
     scores: dict[str, float]
+    active: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,8 @@ class StreamDecoder:
             return HopScores(w.start_s, w.end_s, _label_scores(self.labels, w.scores), w.gated)
         if kind == "event":
             e = response.event
+            if e.kind == hark_pb2.Event.OFFSET:
+                return Detection(e.label, float(e.score), e.time_s, "offset", e.onset_s)
             return Detection(e.label, float(e.score), e.time_s)
         return None
 
@@ -123,6 +131,7 @@ def classification(response: hark_pb2.ClassifyResponse) -> Classification:
         label=response.label,
         score=float(response.score),
         scores={s.label: float(s.score) for s in response.scores},
+        active={s.label: float(s.score) for s in response.active},
     )
 
 

@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -166,6 +166,9 @@ class HarkClient:
         realtime: bool = True,
         emit_scores: bool = False,
         timeout: float | None = None,
+        class_thresholds: Mapping[str, float] | None = None,
+        sensitivity: float = 0.0,
+        allowed_classes: Sequence[str] = (),
     ) -> Generator[StreamItem, None, None]:
         """Stream audio and yield what the server answers: one :class:`StreamStarted`, then
         :class:`HopScores` (with ``emit_scores``) and :class:`Detection` events as they come.
@@ -174,10 +177,18 @@ class HarkClient:
         iterable of chunks (float arrays or PCM bytes in ``encoding``), e.g. a microphone. With
         ``realtime`` the chunks are sent no faster than their audio lasts. After the last chunk the client
         half-closes and keeps yielding until the server ends the call, so the final events are not lost.
-        Closing the iterator early (``break``, Ctrl-C) cancels the call.
+        Closing the iterator early (``break``, Ctrl-C) cancels the call. ``class_thresholds``, ``sensitivity``
+        and ``allowed_classes`` change detection for this stream (``StreamConfig`` in the proto).
         """
         first = config_request(
-            sample_rate=sample_rate, model=model, version=version, encoding=encoding, emit_scores=emit_scores
+            sample_rate=sample_rate,
+            model=model,
+            version=version,
+            encoding=encoding,
+            emit_scores=emit_scores,
+            class_thresholds=class_thresholds,
+            sensitivity=sensitivity,
+            allowed_classes=allowed_classes,
         )
         if isinstance(audio, (str, Path)):
             audio = read_clip(audio, sample_rate)

@@ -94,12 +94,15 @@ class Manifest(BaseModel):
     hop_frames: int = Field(ge=1)
     input: TensorSpec
     output: TensorSpec
-    output_kind: Literal["logits", "probabilities"] = "logits"
+    # logits: softmax over classes (one class at a time); probabilities: already normalised; sigmoid: one
+    # independent detector per class (multi-label sound events, with onset and offset events).
+    output_kind: Literal["logits", "probabilities", "sigmoid"] = "logits"
+    # Per-class firing thresholds (chosen on validation at export); a class not named uses the server's.
+    thresholds: dict[str, float] = Field(default_factory=dict)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
     reference_stats: FeatureStats | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
-    thresholds: dict[str, float] = Field(default_factory=dict)  # per-class event thresholds; absent: global
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     # A windowed version takes whole windows; a streaming one takes each hop's new frames plus the stream's
@@ -114,6 +117,10 @@ class Manifest(BaseModel):
             raise ValueError("labels must be unique")
         if unknown := set(self.background_labels) - set(self.labels):
             raise ValueError(f"background labels {sorted(unknown)} are not labels")
+        if unknown := set(self.thresholds) - set(self.labels):
+            raise ValueError(f"thresholds name {sorted(unknown)}, which are not labels")
+        if bad := {k: v for k, v in self.thresholds.items() if not 0.0 < v <= 1.0}:
+            raise ValueError(f"thresholds must be in (0, 1], got {bad}")
         if self.hop_frames > self.window_frames:
             raise ValueError("hop_frames exceeds window_frames")
         expected_in = [self.input_frames, self.frontend.n_mels]
@@ -262,6 +269,8 @@ def make_runner(session: Any, manifest: Manifest) -> ModelRunner | StreamingRunn
     """The runner for a version's kind: whole windows, or packed rows of frames and state."""
     logits = manifest.output_kind == "logits"
     if manifest.model_kind == "streaming":
+        if manifest.output_kind == "sigmoid":
+            raise ValueError("a streaming version with sigmoid (multi-label) output is not supported yet")
         return StreamingRunner(
             session,
             manifest.input.name,
@@ -272,7 +281,7 @@ def make_runner(session: Any, manifest: Manifest) -> ModelRunner | StreamingRunn
             n_classes=len(manifest.labels),
             logits=logits,
         )
-    return ModelRunner(session, manifest.input.name, manifest.output.name, logits=logits)
+    return ModelRunner(session, manifest.input.name, manifest.output.name, kind=manifest.output_kind)
 
 
 def _check_io(session: Any, manifest: Manifest) -> None:

@@ -51,17 +51,24 @@ class ModelRunner:
     calls it from a worker thread, never on the event loop.
     """
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, *, logits: bool) -> None:
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, *, kind: str) -> None:
+        if kind not in ("logits", "probabilities", "sigmoid"):
+            raise ValueError(f"unknown output kind {kind!r}")
         self.session = session
         self.input_name = input_name
         self.output_name = output_name
-        self.logits = logits
+        self.kind = kind
 
     def run(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """``(batch, frames, n_mels)`` windows in, ``(batch, n_classes)`` probabilities out."""
+        """``(batch, frames, n_mels)`` windows in, ``(batch, n_classes)`` probabilities out: a softmax over
+        classes for ``logits``, one independent sigmoid per class for ``sigmoid``."""
         (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(windows)})
         scores = np.asarray(out, dtype=np.float32)
-        return softmax(scores) if self.logits else scores
+        if self.kind == "logits":
+            return softmax(scores)
+        if self.kind == "sigmoid":
+            return sigmoid(scores)
+        return scores
 
     def run_windows(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities of independent whole windows (what a streaming version's runner also offers)."""
@@ -74,3 +81,10 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     exp = np.exp(shifted)
     probabilities: npt.NDArray[np.float32] = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
     return probabilities
+
+
+def sigmoid(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Element-wise logistic function, stable for large logits of either sign."""
+    e = np.exp(-np.abs(logits))
+    out: npt.NDArray[np.float32] = np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    return out

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ import numpy.typing as npt
 from hark.config import Settings
 from hark.core.audio import PCM_S16LE, AudioError, check_channels, check_sample_rate, decode_pcm, mix_down, resample
 from hark.core.model_store import LoadedModel, ModelNotFound, ModelStore, validate_model_name
-from hark.core.postprocess import aggregate_clip
+from hark.core.postprocess import ONSET, DetectionOverrides, PostprocessConfig, active_classes, aggregate_clip
 from hark.core.streaming import StreamingRunner, StreamState
 from hark.core.text import quote
 from hark.serving.batcher import Batcher, BatcherPool
@@ -59,16 +59,20 @@ class StreamOptions:
     encoding: str = PCM_S16LE
     emit_scores: bool = False
     channels: int = 1  # interleaved channels, mixed down to mono
+    detection: DetectionOverrides = field(default_factory=DetectionOverrides)
 
 
 @dataclass(frozen=True)
 class ClipResult:
-    """A whole clip's answer: the model version, the winning label and every class's score."""
+    """A whole clip's answer: the model version, the winning label, every class's score, and the classes
+    active in the clip (each foreground class at or above its threshold; for a single-label model, the
+    winner when it is a foreground class), strongest first."""
 
     model: LoadedModel
     label: str
     score: float
     scores: dict[str, float]
+    active: dict[str, float]
 
 
 class StreamPipeline:
@@ -126,8 +130,11 @@ class StreamPipeline:
         return results
 
     async def finish(self) -> list[Scored]:
-        """End of audio: the tail is padded so the last audio is scored too."""
-        return await self._score(self.session.finish(), time.perf_counter())
+        """End of audio: the tail is padded so the last audio is scored too; then the offsets of classes
+        still active (multi-label models) close the stream."""
+        results = await self._score(self.session.finish(), time.perf_counter())
+        closing = self.session.close()
+        return results if closing is None else [*results, closing]
 
     async def _score(self, windows: list[Window], arrived: float) -> list[Scored]:
         if not windows:
@@ -144,7 +151,9 @@ class StreamPipeline:
             scored = self.session.score(window, p)
             results.append(scored)
             if self.instruments is not None:
-                self.instruments.window(window.features, p, (e.label for e in scored.events), arrived)
+                self.instruments.window(
+                    window.features, p, (e.label for e in scored.events if e.kind == ONSET), arrived
+                )
         return results
 
     async def _step(self, windows: list[Window]) -> list[FloatArray]:
@@ -211,6 +220,10 @@ class DataPlane:
         """
         check_sample_rate(options.sample_rate_hz)
         model = self.store.resolve(options.model, options.version)
+        try:
+            options.detection.check(model.manifest.labels)
+        except ValueError as e:
+            raise Refusal("INVALID_ARGUMENT", f"detection settings: {e}") from e
         instruments = self.metrics.instruments(model) if observed else None
         session = StreamSession(
             model,
@@ -220,6 +233,7 @@ class DataPlane:
             stream_id=stream_id,
             emit_scores=options.emit_scores,
             channels=options.channels,
+            detection=options.detection,
         )
         if instruments is not None:
             session.observe_with(instruments.observe, instruments.audio)
@@ -284,13 +298,18 @@ class DataPlane:
         instruments.audio(samples, rate)
         instruments.clip(nbytes, windows, probabilities)
         m = loaded.manifest
-        scores = aggregate_clip(probabilities, m.labels, m.background_labels)
+        multilabel = m.output_kind == "sigmoid"
+        scores = (
+            probabilities.max(axis=0) if multilabel else aggregate_clip(probabilities, m.labels, m.background_labels)
+        )
         best = int(scores.argmax())
+        config = PostprocessConfig.from_settings(self.settings, m)
         return ClipResult(
             model=loaded,
             label=m.labels[best],
             score=float(scores[best]),
             scores={label: float(s) for label, s in zip(m.labels, scores, strict=True)},
+            active=active_classes(scores, config) if multilabel else active_classes(scores, config, only_best=True),
         )
 
     def models(self) -> dict[str, dict[int, LoadedModel]]:

@@ -36,7 +36,7 @@ from hark.core.audio import (
 )
 from hark.core.frontend import FrontendConfig, LogMel, StreamingLogMel
 from hark.core.model_store import LoadedModel
-from hark.core.postprocess import Detection, PostprocessConfig, Postprocessor
+from hark.core.postprocess import Detection, DetectionOverrides, PostprocessConfig, Postprocessor
 from hark.core.ring_buffer import FrameRing
 
 FloatArray = npt.NDArray[np.float32]
@@ -99,6 +99,8 @@ class Scored:
     scores: FloatArray
     events: list[Detection] = field(default_factory=list)
     probabilities: FloatArray | None = None
+    # Events of the stream's end (offsets of classes still active), not of a new window: no scores to send.
+    closing: bool = False
 
 
 class StreamSession:
@@ -118,6 +120,7 @@ class StreamSession:
         settings: Settings,
         stream_id: str = "",
         emit_scores: bool = False,
+        detection: DetectionOverrides | None = None,
         observe: StageObserver = _ignore,
         on_audio: AudioObserver = _ignore_audio,
         channels: int = 1,
@@ -145,7 +148,8 @@ class StreamSession:
         # those: its ring holds one hop, where a windowed model's holds the window.
         self._feature_frames = m.hop_frames if m.model_kind == "streaming" else m.window_frames
         self._ring = FrameRing(self._feature_frames, m.frontend.n_mels)
-        self._post = Postprocessor(PostprocessConfig.from_settings(settings, m))
+        # Raises ValueError for detection overrides that do not fit the model (unknown class, bad range).
+        self._post = Postprocessor(PostprocessConfig.from_settings(settings, m, detection))
         self._next_due = m.window_frames  # frame count at which the next window is complete
         # A streaming model sees every hop from the start, so its state holds the first window when it is due.
         self._streaming = m.model_kind == "streaming"
@@ -162,6 +166,7 @@ class StreamSession:
         if SILENCE_LABEL in m.labels:
             self._silence[m.labels.index(SILENCE_LABEL)] = 1.0
         self._last_scores: FloatArray | None = None
+        self._last_window: Window | None = None
         self.gated = 0
         self._finished = False
         # Counters
@@ -295,9 +300,21 @@ class StreamSession:
         t0 = time.perf_counter()
         smoothed, events = self._post.update(probabilities, window.centre_s)
         self._last_scores = smoothed
+        self._last_window = window
         self.events += len(events)
         self._observe("postprocess", time.perf_counter() - t0)
         return Scored(window=window, scores=smoothed, events=events, probabilities=probabilities)
+
+    def close(self) -> Scored | None:
+        """After :meth:`finish` and the scoring of its windows: the offsets of classes still active when the
+        audio ended (multi-label models), timed at the end of the audio, as a closing :class:`Scored`."""
+        if self._last_window is None or self._last_scores is None:
+            return None
+        events = self._post.close(self.model_samples / self.model_rate)
+        if not events:
+            return None
+        self.events += len(events)
+        return Scored(window=self._last_window, scores=self._last_scores, events=events, closing=True)
 
     def gated_probabilities(self) -> FloatArray:
         """What a gated window is scored as, in place of the model's output: a one-hot ``_silence_`` when

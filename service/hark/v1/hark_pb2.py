@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hark/v1/hark.proto\x12\x07hark.v1\"\x97\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x13\n\x0b\x65mit_scores\x18\x05 \x01(\x08\x12\x10\n\x08\x63hannels\x18\x06 \x01(\r\"\x19\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\"i\n\rStreamRequest\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.hark.v1.StreamConfigH\x00\x12$\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x13.hark.v1.AudioChunkH\x00\x42\t\n\x07request\"`\n\rStreamStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\"M\n\x0cWindowScores\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05gated\x18\x04 \x01(\x08\"5\n\x05\x45vent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\"\x91\x01\n\x0eStreamResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.hark.v1.StreamStartedH\x00\x12\'\n\x06scores\x18\x02 \x01(\x0b\x32\x15.hark.v1.WindowScoresH\x00\x12\x1f\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x0e.hark.v1.EventH\x00\x42\n\n\x08response\"\x92\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x0b\n\x03pcm\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hannels\x18\x06 \x01(\r\"*\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"u\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12#\n\x06scores\x18\x05 \x03(\x0b\x32\x13.hark.v1.ClassScore\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.hark.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa3\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\x12\x16\n\x0esample_rate_hz\x18\x06 \x01(\x05\x12\x15\n\rtest_accuracy\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\"[\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\r\x12\'\n\x08versions\x18\x03 \x03(\x0b\x32\x15.hark.v1.ModelVersion*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tPCM_F32LE\x10\x02\x32\x95\x02\n\nClassifier\x12\x45\n\x0eStreamClassify\x12\x16.hark.v1.StreamRequest\x1a\x17.hark.v1.StreamResponse(\x01\x30\x01\x12?\n\x08\x43lassify\x12\x18.hark.v1.ClassifyRequest\x1a\x19.hark.v1.ClassifyResponse\x12\x45\n\nListModels\x12\x1a.hark.v1.ListModelsRequest\x1a\x1b.hark.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.hark.v1.GetModelRequest\x1a\x12.hark.v1.ModelInfoB@\n\x0b\x64\x65v.hark.v1B\tHarkProtoP\x01Z\x1ahark/gen/go/hark/v1;harkv1\xaa\x02\x07Hark.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hark/v1/hark.proto\x12\x07hark.v1\"\xc3\x02\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x13\n\x0b\x65mit_scores\x18\x05 \x01(\x08\x12\x10\n\x08\x63hannels\x18\x06 \x01(\r\x12\x44\n\x10\x63lass_thresholds\x18\x07 \x03(\x0b\x32*.hark.v1.StreamConfig.ClassThresholdsEntry\x12\x13\n\x0bsensitivity\x18\x08 \x01(\x02\x12\x17\n\x0f\x61llowed_classes\x18\t \x03(\t\x1a\x36\n\x14\x43lassThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x19\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\"i\n\rStreamRequest\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.hark.v1.StreamConfigH\x00\x12$\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x13.hark.v1.AudioChunkH\x00\x42\t\n\x07request\"`\n\rStreamStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\"M\n\x0cWindowScores\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05gated\x18\x04 \x01(\x08\"\x88\x01\n\x05\x45vent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\x12!\n\x04kind\x18\x04 \x01(\x0e\x32\x13.hark.v1.Event.Kind\x12\x0f\n\x07onset_s\x18\x05 \x01(\x01\"\x1d\n\x04Kind\x12\t\n\x05ONSET\x10\x00\x12\n\n\x06OFFSET\x10\x01\"\x91\x01\n\x0eStreamResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.hark.v1.StreamStartedH\x00\x12\'\n\x06scores\x18\x02 \x01(\x0b\x32\x15.hark.v1.WindowScoresH\x00\x12\x1f\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x0e.hark.v1.EventH\x00\x42\n\n\x08response\"\x92\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12(\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x16.hark.v1.AudioEncoding\x12\x0b\n\x03pcm\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hannels\x18\x06 \x01(\r\"*\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x9a\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12#\n\x06scores\x18\x05 \x03(\x0b\x32\x13.hark.v1.ClassScore\x12#\n\x06\x61\x63tive\x18\x06 \x03(\x0b\x32\x13.hark.v1.ClassScore\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.hark.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa3\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\x12\x16\n\x0esample_rate_hz\x18\x06 \x01(\x05\x12\x15\n\rtest_accuracy\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\"[\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\r\x12\'\n\x08versions\x18\x03 \x03(\x0b\x32\x15.hark.v1.ModelVersion*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tPCM_F32LE\x10\x02\x32\x95\x02\n\nClassifier\x12\x45\n\x0eStreamClassify\x12\x16.hark.v1.StreamRequest\x1a\x17.hark.v1.StreamResponse(\x01\x30\x01\x12?\n\x08\x43lassify\x12\x18.hark.v1.ClassifyRequest\x1a\x19.hark.v1.ClassifyResponse\x12\x45\n\nListModels\x12\x1a.hark.v1.ListModelsRequest\x1a\x1b.hark.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.hark.v1.GetModelRequest\x1a\x12.hark.v1.ModelInfoB@\n\x0b\x64\x65v.hark.v1B\tHarkProtoP\x01Z\x1ahark/gen/go/hark/v1;harkv1\xaa\x02\x07Hark.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,38 +32,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hark.v1.hark_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.hark.v1B\tHarkProtoP\001Z\032hark/gen/go/hark/v1;harkv1\252\002\007Hark.V1'
-  _globals['_AUDIOENCODING']._serialized_start=1382
-  _globals['_AUDIOENCODING']._serialized_end=1459
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._loaded_options = None
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._serialized_options = b'8\001'
+  _globals['_AUDIOENCODING']._serialized_start=1676
+  _globals['_AUDIOENCODING']._serialized_end=1753
   _globals['_STREAMCONFIG']._serialized_start=32
-  _globals['_STREAMCONFIG']._serialized_end=183
-  _globals['_AUDIOCHUNK']._serialized_start=185
-  _globals['_AUDIOCHUNK']._serialized_end=210
-  _globals['_STREAMREQUEST']._serialized_start=212
-  _globals['_STREAMREQUEST']._serialized_end=317
-  _globals['_STREAMSTARTED']._serialized_start=319
-  _globals['_STREAMSTARTED']._serialized_end=415
-  _globals['_WINDOWSCORES']._serialized_start=417
-  _globals['_WINDOWSCORES']._serialized_end=494
-  _globals['_EVENT']._serialized_start=496
-  _globals['_EVENT']._serialized_end=549
-  _globals['_STREAMRESPONSE']._serialized_start=552
-  _globals['_STREAMRESPONSE']._serialized_end=697
-  _globals['_CLASSIFYREQUEST']._serialized_start=700
-  _globals['_CLASSIFYREQUEST']._serialized_end=846
-  _globals['_CLASSSCORE']._serialized_start=848
-  _globals['_CLASSSCORE']._serialized_end=890
-  _globals['_CLASSIFYRESPONSE']._serialized_start=892
-  _globals['_CLASSIFYRESPONSE']._serialized_end=1009
-  _globals['_LISTMODELSREQUEST']._serialized_start=1011
-  _globals['_LISTMODELSREQUEST']._serialized_end=1030
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1032
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1088
-  _globals['_GETMODELREQUEST']._serialized_start=1090
-  _globals['_GETMODELREQUEST']._serialized_end=1121
-  _globals['_MODELVERSION']._serialized_start=1124
-  _globals['_MODELVERSION']._serialized_end=1287
-  _globals['_MODELINFO']._serialized_start=1289
-  _globals['_MODELINFO']._serialized_end=1380
-  _globals['_CLASSIFIER']._serialized_start=1462
-  _globals['_CLASSIFIER']._serialized_end=1739
+  _globals['_STREAMCONFIG']._serialized_end=355
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._serialized_start=301
+  _globals['_STREAMCONFIG_CLASSTHRESHOLDSENTRY']._serialized_end=355
+  _globals['_AUDIOCHUNK']._serialized_start=357
+  _globals['_AUDIOCHUNK']._serialized_end=382
+  _globals['_STREAMREQUEST']._serialized_start=384
+  _globals['_STREAMREQUEST']._serialized_end=489
+  _globals['_STREAMSTARTED']._serialized_start=491
+  _globals['_STREAMSTARTED']._serialized_end=587
+  _globals['_WINDOWSCORES']._serialized_start=589
+  _globals['_WINDOWSCORES']._serialized_end=666
+  _globals['_EVENT']._serialized_start=669
+  _globals['_EVENT']._serialized_end=805
+  _globals['_EVENT_KIND']._serialized_start=776
+  _globals['_EVENT_KIND']._serialized_end=805
+  _globals['_STREAMRESPONSE']._serialized_start=808
+  _globals['_STREAMRESPONSE']._serialized_end=953
+  _globals['_CLASSIFYREQUEST']._serialized_start=956
+  _globals['_CLASSIFYREQUEST']._serialized_end=1102
+  _globals['_CLASSSCORE']._serialized_start=1104
+  _globals['_CLASSSCORE']._serialized_end=1146
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1149
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1303
+  _globals['_LISTMODELSREQUEST']._serialized_start=1305
+  _globals['_LISTMODELSREQUEST']._serialized_end=1324
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1326
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1382
+  _globals['_GETMODELREQUEST']._serialized_start=1384
+  _globals['_GETMODELREQUEST']._serialized_end=1415
+  _globals['_MODELVERSION']._serialized_start=1418
+  _globals['_MODELVERSION']._serialized_end=1581
+  _globals['_MODELINFO']._serialized_start=1583
+  _globals['_MODELINFO']._serialized_end=1674
+  _globals['_CLASSIFIER']._serialized_start=1756
+  _globals['_CLASSIFIER']._serialized_end=2033
 # @@protoc_insertion_point(module_scope)

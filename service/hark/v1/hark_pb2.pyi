@@ -17,20 +17,33 @@ PCM_S16LE: AudioEncoding
 PCM_F32LE: AudioEncoding
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "channels")
+    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "channels", "class_thresholds", "sensitivity", "allowed_classes")
+    class ClassThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     EMIT_SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_CLASSES_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     sample_rate_hz: int
     encoding: AudioEncoding
     emit_scores: bool
     channels: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., emit_scores: _Optional[bool] = ..., channels: _Optional[int] = ...) -> None: ...
+    class_thresholds: _containers.ScalarMap[str, float]
+    sensitivity: float
+    allowed_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., emit_scores: _Optional[bool] = ..., channels: _Optional[int] = ..., class_thresholds: _Optional[_Mapping[str, float]] = ..., sensitivity: _Optional[float] = ..., allowed_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("pcm",)
@@ -73,14 +86,24 @@ class WindowScores(_message.Message):
     def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., scores: _Optional[_Iterable[float]] = ..., gated: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("label", "score", "time_s")
+    __slots__ = ("label", "score", "time_s", "kind", "onset_s")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ONSET: _ClassVar[Event.Kind]
+        OFFSET: _ClassVar[Event.Kind]
+    ONSET: Event.Kind
+    OFFSET: Event.Kind
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TIME_S_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ONSET_S_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
     time_s: float
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., time_s: _Optional[float] = ...) -> None: ...
+    kind: Event.Kind
+    onset_s: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., time_s: _Optional[float] = ..., kind: _Optional[_Union[Event.Kind, str]] = ..., onset_s: _Optional[float] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("started", "scores", "event")
@@ -117,18 +140,20 @@ class ClassScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("model", "version", "label", "score", "scores")
+    __slots__ = ("model", "version", "label", "score", "scores", "active")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     label: str
     score: float
     scores: _containers.RepeatedCompositeFieldContainer[ClassScore]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ...) -> None: ...
+    active: _containers.RepeatedCompositeFieldContainer[ClassScore]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., active: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hark.core.audio import PCM_F32LE, PCM_S16LE, AudioError, check_channels, check_sample_rate
 from hark.core.model_store import LoadedModel
+from hark.core.postprocess import OFFSET, Detection, DetectionOverrides
 from hark.serving.pipeline import ClipResult, StreamOptions
 from hark.serving.session import Scored
 from hark.v1 import hark_pb2
@@ -28,6 +29,11 @@ def stream_options(config: hark_pb2.StreamConfig) -> StreamOptions:
         sample_rate_hz=config.sample_rate_hz,
         encoding=encoding_of(config.encoding),
         emit_scores=config.emit_scores,
+        detection=DetectionOverrides(
+            thresholds=tuple(sorted((label, float(t)) for label, t in config.class_thresholds.items())),
+            sensitivity=float(config.sensitivity),
+            allowed=tuple(config.allowed_classes),
+        ),
         channels=check_channels(config.channels),
     )
 
@@ -44,7 +50,7 @@ def started(model: LoadedModel) -> hark_pb2.StreamResponse:
 def stream_responses(scored: Scored, emit_scores: bool) -> list[hark_pb2.StreamResponse]:
     """One scored window as responses: its scores (when asked for), then its events."""
     out = []
-    if emit_scores:
+    if emit_scores and not scored.closing:
         w = scored.window
         out.append(
             hark_pb2.StreamResponse(
@@ -53,9 +59,16 @@ def stream_responses(scored: Scored, emit_scores: bool) -> list[hark_pb2.StreamR
                 )
             )
         )
-    for e in scored.events:
-        out.append(hark_pb2.StreamResponse(event=hark_pb2.Event(label=e.label, score=e.score, time_s=e.time_s)))
+    out.extend(hark_pb2.StreamResponse(event=event(e)) for e in scored.events)
     return out
+
+
+def event(e: Detection) -> hark_pb2.Event:
+    if e.kind == OFFSET:
+        return hark_pb2.Event(
+            label=e.label, score=e.score, time_s=e.time_s, kind=hark_pb2.Event.OFFSET, onset_s=e.onset_s or 0.0
+        )
+    return hark_pb2.Event(label=e.label, score=e.score, time_s=e.time_s)
 
 
 def classify_response(result: ClipResult) -> hark_pb2.ClassifyResponse:
@@ -66,6 +79,7 @@ def classify_response(result: ClipResult) -> hark_pb2.ClassifyResponse:
         label=result.label,
         score=result.score,
         scores=[hark_pb2.ClassScore(label=label, score=score) for label, score in result.scores.items()],
+        active=[hark_pb2.ClassScore(label=label, score=score) for label, score in result.active.items()],
     )
 
 
