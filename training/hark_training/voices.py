@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -617,7 +618,9 @@ def build_voices(
     # Streams are the slowest: start them first so both workers stay busy to the end.
     specs.sort(key=lambda s: not s.kind.startswith("stream"))
     job = partial(render, out_dir=Path(out_dir))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Spawned, not forked: a fork of a process with other threads running (a server, onnxruntime, a test
+    # runner) can copy a held import lock into the child, which then hangs importing pyroomacoustics.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(tqdm(pool.map(job, specs, chunksize=8), total=len(specs), disable=not progress, desc="engines"))
     rows = [r for rs in results for r in rs]
     clips = [r for r in rows if "label" in r]
