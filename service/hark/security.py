@@ -63,6 +63,21 @@ def read_secret_file(path: Path | str, what: str) -> bytes:
 # ------------------------------------------------------------------------------------------ server: TLS
 
 
+def tls_files(settings: Settings) -> tuple[Path, Path, Path | None] | None:
+    """The port's certificate, key and client CA (mutual TLS) when TLS is configured; None when it is off.
+
+    Every transport reads the same three settings the same way, and refuses the same half-configurations.
+    """
+    cert, key, client_ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise SecurityError("tls_client_ca_file needs tls_cert_file and tls_key_file: mutual TLS is TLS first")
+        return None
+    if cert is None or key is None:
+        raise SecurityError("set both tls_cert_file and tls_key_file (HARK_TLS_CERT_FILE, HARK_TLS_KEY_FILE)")
+    return cert, key, client_ca
+
+
 def tls_mode(settings: Settings) -> str:
     """``off``, ``tls`` or ``mtls``: for the startup log line."""
     if settings.tls_cert_file is None:

@@ -10,20 +10,16 @@ from __future__ import annotations
 import ssl
 
 from hark.config import Settings
-from hark.security import SecurityError, TokenVerifier, load_tokens
+from hark.security import SecurityError, TokenVerifier, load_tokens, tls_files
 
 _BEARER = "bearer "
 
 
 def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A TLS (or mutual TLS) context for an HTTP or WebSocket port; None when TLS is not configured."""
-    cert, key, client_ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise SecurityError("tls_client_ca_file needs tls_cert_file and tls_key_file: mutual TLS is TLS first")
+    if (files := tls_files(settings)) is None:
         return None
-    if cert is None or key is None:
-        raise SecurityError("set both tls_cert_file and tls_key_file (HARK_TLS_CERT_FILE, HARK_TLS_KEY_FILE)")
+    cert, key, client_ca = files
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

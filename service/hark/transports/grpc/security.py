@@ -21,11 +21,11 @@ from hark.logging import get_logger
 from hark.security import (
     HEALTH_PREFIX,
     REFLECTION_PREFIXES,
-    SecurityError,
     TokenVerifier,
     bearer_token,
     load_tokens,
     read_secret_file,
+    tls_files,
 )
 
 log = get_logger("hark.security")
@@ -35,13 +35,9 @@ CLASSIFIER_PREFIX = "/hark.v1.Classifier/"
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS (or mutual TLS) credentials for the listening port; None when TLS is not configured."""
-    cert, key, client_ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise SecurityError("tls_client_ca_file needs tls_cert_file and tls_key_file: mutual TLS is TLS first")
+    if (files := tls_files(settings)) is None:
         return None
-    if cert is None or key is None:
-        raise SecurityError("set both tls_cert_file and tls_key_file (HARK_TLS_CERT_FILE, HARK_TLS_KEY_FILE)")
+    cert, key, client_ca = files
     pair = (read_secret_file(key, "TLS key (tls_key_file)"), read_secret_file(cert, "TLS certificate (tls_cert_file)"))
     roots = read_secret_file(client_ca, "client CA (tls_client_ca_file)") if client_ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=roots, require_client_auth=roots is not None)
