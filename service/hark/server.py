@@ -181,7 +181,7 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
         intra_op_threads=settings.intra_op_threads,
         warmup_batch=settings.max_batch,
     )
-    metrics = HarkMetrics(store, drift_window_s=settings.drift_window_s)
+    metrics = HarkMetrics(store, drift_window_s=settings.drift_window_s, threshold=settings.threshold)
     try:  # before any model loads: a security setting that cannot work stops the start at once
         interceptors = server_interceptors(settings, on_refusal=metrics.error)
         credentials = server_credentials(settings)

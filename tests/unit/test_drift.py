@@ -261,3 +261,70 @@ def test_audio_figures_are_pooled_over_chunks() -> None:
     s = monitor.snapshot()
     assert s.clipping_ratio == pytest.approx(0.5)
     assert s.silence_ratio == pytest.approx(0.5)
+
+
+# Multi-label versions: classes are active by their thresholds, not by the argmax --------------------------
+
+DRUMS = ["kick", "snare", "hihat"]
+
+
+def multilabel_manifest(**extra: Any) -> Manifest:
+    return manifest(
+        labels=DRUMS,
+        background_labels=[],
+        output={"name": "logits", "shape": ["batch", len(DRUMS)]},
+        output_kind="sigmoid",
+        thresholds={"kick": 0.3, "snare": 0.7},  # hihat has none: the server's threshold applies
+        **extra,
+    )
+
+
+def test_a_multilabel_prior_is_each_class_active_share_not_a_distribution() -> None:
+    prior = class_prior(multilabel_manifest(metrics={"class_prior": {"kick": 0.4, "snare": 0.3, "hihat": 0.5}}))
+    np.testing.assert_allclose(prior, [0.4, 0.3, 0.5])  # sums to 1.2: classes overlap
+    counts = class_prior(multilabel_manifest(training={"label_counts": {"kick": 40, "snare": 30, "hihat": 50}}))
+    np.testing.assert_allclose(counts, 1 / 3)  # counts are no share of active clips: uniform
+
+
+def test_a_multilabel_window_counts_every_class_at_or_above_its_threshold() -> None:
+    monitor = DriftMonitor(multilabel_manifest(), clock=FakeClock(), default_threshold=0.6)
+    # kick at its threshold (0.3), snare below its own (0.7) though it is the largest, hihat above the server's
+    monitor.observe_window(windows_at(REF_MEAN)[0], np.array([0.3, 0.69, 0.6], dtype=np.float32))
+    monitor.observe_window(windows_at(REF_MEAN)[0], np.array([0.1, 0.2, 0.1], dtype=np.float32))  # silence
+    s = monitor.snapshot()
+    assert s.prediction_share is not None
+    np.testing.assert_allclose(s.prediction_share, [0.5, 0.0, 0.5])
+
+
+def test_multilabel_prediction_drift_is_the_mean_per_class_difference_from_the_prior() -> None:
+    prior = {"kick": 0.5, "snare": 0.25, "hihat": 0.0}
+    monitor = DriftMonitor(multilabel_manifest(metrics={"class_prior": prior}), clock=FakeClock())
+    for i in range(8):  # kick active in every window, snare in none, hihat in half
+        monitor.observe_window(windows_at(REF_MEAN)[0], np.array([0.9, 0.1, 0.9 * (i % 2)], dtype=np.float32))
+    s = monitor.snapshot()
+    assert s.prediction_share is not None
+    np.testing.assert_allclose(s.prediction_share, [1.0, 0.0, 0.5])
+    assert s.prediction_drift == pytest.approx((0.5 + 0.25 + 0.5) / 3)
+
+
+def test_multilabel_traffic_as_in_training_does_not_drift_though_silence_would_win_an_argmax() -> None:
+    prior = {"kick": 0.5, "snare": 0.5, "hihat": 0.5}
+    monitor = DriftMonitor(multilabel_manifest(metrics={"class_prior": prior}), clock=FakeClock())
+    both = np.array([0.9, 0.9, 0.9], dtype=np.float32)
+    none = np.array([0.05, 0.05, 0.05], dtype=np.float32)
+    monitor.observe_windows(windows_at(REF_MEAN, n=4), np.stack([both, none, both, none]))
+    assert monitor.snapshot().prediction_drift == pytest.approx(0.0)
+
+
+def test_multilabel_clip_windows_count_like_stream_windows() -> None:
+    stream = DriftMonitor(multilabel_manifest(), clock=FakeClock())
+    clip = DriftMonitor(multilabel_manifest(), clock=FakeClock())
+    windows = windows_at(REF_MEAN, n=6)
+    probabilities = np.random.default_rng(0).uniform(size=(6, len(DRUMS))).astype(np.float32)
+    for w, p in zip(windows, probabilities, strict=True):
+        stream.observe_window(w, p)
+    clip.observe_windows(windows, probabilities)
+    a, b = stream.snapshot(), clip.snapshot()
+    assert a.prediction_share is not None and b.prediction_share is not None
+    np.testing.assert_allclose(a.prediction_share, b.prediction_share)
+    assert a.prediction_drift == pytest.approx(b.prediction_drift)

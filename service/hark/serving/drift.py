@@ -33,6 +33,16 @@ than KL: it is bounded in [0, 1], symmetric, and defined when a class has no liv
 prior is ``manifest.metrics['class_prior']`` (or class counts) when training recorded one, else uniform
 over the labels. Live traffic is mostly silence, so expect this to sit well above zero against a
 balanced training prior; its trend matters more than its level.
+
+**Multi-label models** (``output_kind: sigmoid``: overlapping sound events) have no single class per window:
+several classes, or none, are active at once, and the argmax would report a class for every window of
+silence. A window counts each class whose probability reaches its threshold (the manifest's ``thresholds``,
+the server's ``threshold`` for a class without one): what the server itself calls active. Each class's live
+share is then the share of windows in which it is active, compared with the share of training clips in which
+it was (``class_prior``, not normalised: the shares of overlapping classes need not add up to one), and the
+prediction drift is the mean over classes of ``|share_c - prior_c|``: the total variation distance of each
+class's active/inactive distribution, averaged; still in [0, 1], and 0 when every class fires as often as in
+training.
 """
 
 from __future__ import annotations
@@ -81,14 +91,33 @@ def total_variation(p: F64, q: F64) -> float:
     return float(0.5 * np.abs(p - q).sum())
 
 
+def is_multilabel(manifest: Manifest) -> bool:
+    """True for a version whose classes are independent detectors (one sigmoid each)."""
+    return manifest.output_kind == "sigmoid"
+
+
+def multilabel_drift(share: F64, prior: F64) -> float:
+    """Mean over classes of ``|share_c - prior_c|``: each class's active/inactive total variation, averaged."""
+    return float(np.mean(np.abs(share - prior))) if share.size else 0.0
+
+
 def class_prior(manifest: Manifest) -> F64:
     """The class distribution the version was trained on, in label order; uniform when none is recorded.
 
     Read defensively, since training may or may not record it: ``class_prior`` then ``class_counts`` or
     ``label_counts``, in ``metrics`` then ``training``, each either ``{label: value}`` or a list in label
     order. Anything malformed (wrong length, negative, non-finite, all zero) is skipped.
+
+    A multi-label version's ``class_prior`` is each class's share of active training clips, read as it is
+    (only a value in [0, 1] per class is accepted); its counts are not a distribution and are skipped.
     """
     labels = manifest.labels
+    if is_multilabel(manifest):
+        for section in (manifest.metrics, manifest.training):
+            rates = _distribution(section.get("class_prior"), labels, normalise=False)
+            if rates is not None and np.all(rates <= 1.0):
+                return rates
+        return np.full(len(labels), 1.0 / len(labels))
     for section in (manifest.metrics, manifest.training):
         for key in ("class_prior", "class_counts", "label_counts"):
             prior = _distribution(section.get(key), labels)
@@ -97,7 +126,7 @@ def class_prior(manifest: Manifest) -> F64:
     return np.full(len(labels), 1.0 / len(labels))
 
 
-def _distribution(value: Any, labels: Sequence[str]) -> F64 | None:
+def _distribution(value: Any, labels: Sequence[str], *, normalise: bool = True) -> F64 | None:
     try:
         if isinstance(value, Mapping):
             if not set(value) <= set(labels):
@@ -112,7 +141,7 @@ def _distribution(value: Any, labels: Sequence[str]) -> F64 | None:
     p = np.asarray(raw, dtype=np.float64)
     if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
         return None
-    normalised: F64 = p / p.sum()
+    normalised: F64 = p / p.sum() if normalise else p
     return normalised
 
 
@@ -223,10 +252,17 @@ class DriftMonitor:
         window_s: float = 300.0,
         clock: Clock = time.monotonic,
         min_frames: float = MIN_FRAMES,
+        default_threshold: float = 0.5,
     ) -> None:
+        """``default_threshold``: a multi-label class without a threshold in the manifest is active from this
+        probability on (the server's ``threshold`` setting)."""
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.labels = tuple(manifest.labels)
+        self.multilabel = is_multilabel(manifest)
+        self.thresholds: F64 = np.array(
+            [manifest.thresholds.get(label, default_threshold) for label in self.labels], dtype=np.float64
+        )
         self.n_mels = manifest.frontend.n_mels
         self.hop_frames = manifest.hop_frames
         self.reference = reference_of(manifest)
@@ -239,21 +275,30 @@ class DriftMonitor:
         self._audio = [0.0, 0.0, 0.0, 0.0]
         self._audio_last = -math.inf
         self._window_s = window_s
-        self._predictions = _Decaying((len(self.labels),), window_s)  # argmax counts
+        # Per class, the windows that predicted it: the argmax, or (multi-label) every active class.
+        self._predictions = _Decaying((len(self.labels),), window_s)
 
     def observe_window(self, features: FloatArray, probabilities: FloatArray) -> None:
         """One stream window as the model saw it: its newest ``hop_frames`` frames and its probabilities."""
-        self._add(features[-self.hop_frames :], int(np.argmax(probabilities)), None)
+        p = np.asarray(probabilities).reshape(1, -1)
+        self._add(features[-self.hop_frames :], self._predicted(p), 1.0)
 
     def observe_windows(self, windows: FloatArray, probabilities: FloatArray) -> None:
         """Several ``(m, window_frames, n_mels)`` windows of one clip and their ``(m, n_classes)`` probabilities."""
         if windows.shape[0] == 0:
             return
         frames = windows[:, -self.hop_frames :, :].reshape(-1, self.n_mels)
-        counts = np.bincount(np.argmax(probabilities, axis=1), minlength=len(self.labels)).astype(np.float64)
-        self._add(frames, -1, counts)
+        self._add(frames, self._predicted(np.asarray(probabilities)), float(windows.shape[0]))
 
-    def _add(self, frames: FloatArray, predicted: int, counts: F64 | None) -> None:
+    def _predicted(self, probabilities: FloatArray) -> F64:
+        """How many of these ``(m, n_classes)`` windows predicted each class."""
+        if self.multilabel:
+            active: F64 = (probabilities >= self.thresholds).sum(axis=0).astype(np.float64)
+            return active
+        counts: F64 = np.bincount(np.argmax(probabilities, axis=1), minlength=len(self.labels)).astype(np.float64)
+        return counts
+
+    def _add(self, frames: FloatArray, counts: F64, n_windows: float) -> None:
         band_sums = frames.sum(axis=0, dtype=np.float64)
         with self._lock:
             now = self._clock()
@@ -263,12 +308,8 @@ class DriftMonitor:
             f.sums += band_sums
             p = self._predictions
             p.decay_to(now)
-            if counts is None:
-                p.weight += 1.0
-                p.sums[predicted] += 1.0
-            else:
-                p.weight += float(counts.sum())
-                p.sums += counts
+            p.weight += n_windows
+            p.sums += counts
 
     def observe_audio(self, samples: FloatArray, rate: int) -> float:
         """Add one chunk's level, clipping and silence; return its level in dBFS for the histogram."""
@@ -315,6 +356,11 @@ class DriftMonitor:
             clipping_ratio=float(audio[1] / audio[0]) if audio[0] > 0 else None,
             silence_ratio=float(audio[3] / audio[2]) if audio[2] > 0 else None,
             prediction_share=share,
-            prediction_drift=total_variation(share, self.prior) if share is not None else None,
+            prediction_drift=None if share is None else self._prediction_drift(share),
             prior=self.prior,
         )
+
+    def _prediction_drift(self, share: F64) -> float:
+        if self.multilabel:
+            return multilabel_drift(share, self.prior)
+        return total_variation(share, self.prior)

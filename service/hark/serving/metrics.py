@@ -87,11 +87,15 @@ class HarkMetrics:
         store: ModelStore | None = None,
         *,
         drift_window_s: float = 300.0,
+        threshold: float = 0.5,
         registry: CollectorRegistry | None = None,
     ) -> None:
+        """``threshold``: the server's threshold, which makes a multi-label class active for prediction drift
+        when the version's manifest gives the class none."""
         self.registry = r = registry if registry is not None else CollectorRegistry()
         self.store = store
         self.drift_window_s = drift_window_s
+        self.threshold = threshold
         mv = ["model", "version"]
         # Latency
         self.stage_seconds = Histogram(
@@ -268,7 +272,7 @@ class ModelInstruments:
         # Every class that can fire is bound now, so its series exists (at 0) before its first event.
         background = set(m.background_labels)
         self._events = {c: metrics.events.labels(*labels, c) for c in m.labels if c not in background}
-        self.drift = DriftMonitor(m, window_s=metrics.drift_window_s)
+        self.drift = DriftMonitor(m, window_s=metrics.drift_window_s, default_threshold=metrics.threshold)
         self.model = model
 
     def observe(self, stage: str, seconds: float) -> None:
@@ -390,12 +394,14 @@ class _DriftCollector(Collector):
         )
         prediction = GaugeMetricFamily(
             "hark_prediction_drift",
-            "Total variation distance between the live argmax class shares and the training prior.",
+            "Total variation distance between the live argmax class shares and the training prior "
+            "(multi-label versions: mean over classes of |active share - training share|).",
             labels=mv,
         )
         share = GaugeMetricFamily(
             "hark_prediction_share",
-            "Recent share of windows whose most likely class is this one.",
+            "Recent share of windows whose most likely class is this one (multi-label versions: in which this "
+            "class is active, at or above its threshold).",
             labels=[*mv, "class"],
         )
         prior = GaugeMetricFamily("hark_prediction_prior", "Training prior of the class.", labels=[*mv, "class"])
