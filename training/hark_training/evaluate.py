@@ -298,11 +298,16 @@ def split_windows(
     rows = [r for r in read_data_manifest(data_manifest) if r.split == split]
     if not rows:
         raise ValueError(f"{data_manifest} has no clips in the {split!r} split")
-    if unknown := sorted({r.label for r in rows} - set(labels)):
-        raise ValueError(f"{data_manifest} has labels {unknown} that the model does not know ({list(labels)})")
     m = loaded.manifest
+    multilabel = m.output_kind == "sigmoid"
+    named = {label for r in rows for label in r.labels} if multilabel else {r.label for r in rows}
+    if unknown := sorted(named - set(labels)):
+        raise ValueError(f"{data_manifest} has labels {unknown} that the model does not know ({list(labels)})")
     x = extract([r.path for r in rows], m.frontend, m.window_frames, progress=progress, desc=f"{split} clips")
-    y = np.array([labels.index(r.label) for r in rows], dtype=np.int64)
+    if multilabel:  # multi-hot rows: a clip may hold several classes, or none
+        y = np.array([[label in r.labels for label in labels] for r in rows], dtype=np.int64).reshape(-1, len(labels))
+    else:
+        y = np.array([labels.index(r.label) for r in rows], dtype=np.int64)
     return x, y
 
 
@@ -342,6 +347,8 @@ def evaluate_version(
         "data_manifest": str(data),
         "data_manifest_sha256": data_sha,
     }
+    if manifest.output_kind == "sigmoid":
+        return evaluate_multilabel(version_dir, scores, y, manifest.labels, manifest.thresholds, out_dir, **context)
     if out_dir is not None:
         return write_report(out_dir, scores, y, manifest.labels, **context)
     with tempfile.TemporaryDirectory(prefix=".eval-", dir=version_dir) as tmp:
@@ -351,6 +358,62 @@ def evaluate_version(
             (Path(tmp) / name).replace(version_dir / name)
     update_metrics(version_dir, {"evaluation": evaluation_summary(report, **context)})
     return report
+
+
+def evaluate_multilabel(
+    version_dir: Path,
+    probabilities: FloatArray,
+    y: IntArray,
+    labels: Sequence[str],
+    thresholds: Mapping[str, float],
+    out_dir: Path | None,
+    **context: Any,
+) -> dict[str, Any]:
+    """A multi-label (sigmoid) version's clip-level figures: per-class average precision, mAP, and per-class
+    precision, recall and F1 at the thresholds the version serves with (its manifest's; 0.5 for a class
+    without one), written to ``metrics.json`` (no confusion matrix or ROC: classes are not exclusive).
+
+    As for a single-label version, the headline figures go into the manifest unless ``out_dir`` is given."""
+    from hark_training.multilabel import multilabel_report
+
+    report = {**context, **multilabel_report(probabilities, y, labels, thresholds, logits=False)}
+    target = out_dir or version_dir
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target, prefix=".eval-", suffix=".json", delete=False) as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+    Path(f.name).chmod(0o644)
+    Path(f.name).replace(target / METRICS_FILE)  # the file appears whole
+    if out_dir is None:
+        summary = {
+            **context,
+            "n": report["n"],
+            "map": report["map"],
+            "micro_f1": report["micro_f1"],
+            "files": [METRICS_FILE],
+            "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        update_metrics(version_dir, {"evaluation": summary})
+    return report
+
+
+def format_multilabel_table(report: Mapping[str, Any]) -> str:
+    """A multi-label report as a table: per class AP, then precision, recall and F1 at its threshold."""
+
+    def cell(value: float | None) -> str:
+        return "     -" if value is None else f"{value:6.3f}"
+
+    width = max(len(label) for label in report["labels"]) + 2
+    lines = [f"{'class':<{width}}     AP  threshold precision recall     f1  support"]
+    for label, c in report["per_class"].items():
+        lines.append(
+            f"{label:<{width}} {cell(c['average_precision'])}     {cell(c['threshold'])}    {cell(c['precision'])} "
+            f"{cell(c['recall'])} {cell(c['f1'])} {c['support']:8d}"
+        )
+    lines.append(
+        f"mAP {cell(report['map']).strip()}, micro F1 {cell(report['micro_f1']).strip()}, exact match "
+        f"{cell(report['exact_match']).strip()} on {report['n']} clips (F1 at the version's thresholds)"
+    )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -374,6 +437,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     where = args.out or version_dir
     print(f"{version_dir} on the {args.split} split of {report['data_manifest']}")
+    if "map" in report:  # a multi-label version
+        print(format_multilabel_table(report))
+        print(f"wrote {where / METRICS_FILE}")
+        return 0
     print(format_table(report))
     from hark_training.engine_eval import per_engine_table  # a data set with several engines: accuracy per engine
 
