@@ -102,3 +102,37 @@ def test_tcn_refuses_an_even_kernel() -> None:
 def test_unknown_architectures_name_the_known_ones() -> None:
     with pytest.raises(ValueError, match="crnn"):
         build_model("resnet-9000", N_CLASSES, FRAMES, MELS)
+
+
+@pytest.mark.parametrize("arch", ["dscnn", "crnn"])
+def test_centre_pooling_answers_for_the_middle_of_the_window(arch: str, tmp_path: Path) -> None:
+    """With global pooling a burst at the window's edge moves the output about as much as one at its centre;
+    with ``pool = "centre"`` the centre decides (the edge is context at most), and the model exports."""
+    frames = 48
+    quiet = torch.full((1, frames, MELS), -10.0)
+    edge, centre = quiet.clone(), quiet.clone()
+    edge[:, :4] = 5.0
+    centre[:, frames // 2 - 2 : frames // 2 + 2] = 5.0
+
+    def effects(pool: str) -> tuple[float, float, nn.Module]:
+        torch.manual_seed(0)
+        model = trained_looking(build_model(arch, 3, frames, MELS, {"pool": pool, "norm": "none"}))
+        with torch.no_grad():
+            base = model(quiet)
+            return float((model(edge) - base).abs().max()), float((model(centre) - base).abs().max()), model
+
+    at_edge, at_centre, model = effects("centre")
+    assert at_edge * 10 < at_centre
+    if arch == "dscnn":  # a CNN's receptive field around the centre does not reach the edge at all
+        assert at_edge == 0.0
+        global_edge, global_centre, _ = effects("global")
+        assert global_edge * 10 > global_centre
+    path = export_onnx(model, tmp_path / "centre.onnx", frames, MELS)
+    got = create_session(path, 1).run(None, {INPUT_NAME: centre.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(centre).numpy(), atol=PARITY_TOLERANCE)
+
+
+def test_centre_pooling_keeps_the_checkpoint_layout_of_global_pooling() -> None:
+    keys = set(build_model("dscnn", 3, 48, MELS).state_dict())
+    assert set(build_model("dscnn", 3, 48, MELS, {"pool": "centre"}).state_dict()) == keys

@@ -16,6 +16,17 @@ from hark_training.backbone import OwwTransfer
 from hark_training.streaming import CausalTCN
 
 Norm = Literal["none", "utterance"]
+Pool = Literal["global", "centre"]
+"""How a model reduces time to one answer: ``global`` averages every step (what a window holds, wherever it is:
+a keyword anywhere in its second); ``centre`` reads the middle step (what sounds at the window's centre, with
+the rest as context: the strong labels of sound-event clips, which name the classes sounding at the centre,
+so that a stream's onsets and offsets fall where a sound begins and ends)."""
+
+
+def centre_steps(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The mean of the middle step of ``x`` along ``dim`` (the middle two when the length is even)."""
+    n = x.shape[dim]
+    return x.narrow(dim, (n - 1) // 2, 2 - n % 2).mean(dim=dim)
 
 
 class UtteranceNorm(nn.Module):
@@ -104,9 +115,11 @@ class DSCNN(nn.Module):
         dropout: float = 0.2,
         norm: Norm = "utterance",
         downsample_at: tuple[int, ...] = (1,),
+        pool: Pool = "global",
     ) -> None:
         super().__init__()
-        del n_frames  # global pooling makes the model independent of the window length
+        del n_frames  # either pooling makes the model independent of the window length
+        self.pool = pool
         self.norm = InputNorm(n_mels, norm)
         layers: list[nn.Module] = [_conv_bn(1, channels, (5, 3), stride=(2, 2))]
         for i in range(blocks):
@@ -121,7 +134,10 @@ class DSCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.features(self.norm(x)))
+        maps = self.features(self.norm(x))  # [B, C, T', F']
+        if self.pool == "centre":  # the middle time step only; the head then averages over frequency
+            maps = centre_steps(maps, dim=2).unsqueeze(2)
+        out: torch.Tensor = self.head(maps)
         return out
 
 
@@ -159,9 +175,12 @@ class CRNN(nn.Module):
         freq_strides: int = 3,
         dropout: float = 0.2,
         norm: Norm = "utterance",
+        pool: Pool = "global",
     ) -> None:
+        """``pool="global"`` is attention pooling over the GRU's steps, ``"centre"`` its middle step."""
         super().__init__()
         del n_frames  # the GRU and the pooling take any number of frames
+        self.centre = pool == "centre"
         self.norm = InputNorm(n_mels, norm)
         layers: list[nn.Module] = [_conv_bn(1, channels, (3, 3), stride=(2, 2))]
         layers += [_conv_bn(channels, channels, (3, 3), stride=(1, 2)) for _ in range(freq_strides - 1)]
@@ -177,7 +196,8 @@ class CRNN(nn.Module):
         maps = self.front(self.norm(x))  # [B, C, T', F']
         steps = maps.permute(0, 2, 1, 3).flatten(2)  # [B, T', C * F']
         sequence, _ = self.gru(steps)
-        out: torch.Tensor = self.head(self.pool(sequence))
+        pooled = centre_steps(sequence, dim=1) if self.centre else self.pool(sequence)
+        out: torch.Tensor = self.head(pooled)
         return out
 
 
