@@ -41,6 +41,8 @@ from hark_training.noise import make_noise
 FloatArray = npt.NDArray[np.float64]
 
 KITS_DIR = Path("/usr/share/hydrogen/data/drumkits")
+LMMS_DIR = Path("/usr/share/lmms/samples")
+SONIC_PI_DIR = Path("/usr/share/sonic-pi/samples")
 DEFAULT_OUT = Path("data/drums")
 CLASSES: tuple[str, ...] = ("kick", "snare", "hihat", "cymbal", "tom", "clap")
 # First match wins: "Kick Stomp" is a kick, "Crash/Ride Bell" a cymbal, "Sabian Hat Closed" a hi-hat.
@@ -60,6 +62,7 @@ SPLIT_OF_KIT: dict[str, str] = {
     "VariBreaks": "val",
 }
 """Held-out kits; every other kit trains. Test: an acoustic kit, a sampled kit and an electronic one."""
+
 OTHER = ""  # an instrument of none of the classes: a distractor
 UNNAMED = re.compile(r"^(sample:.*|\d+|none|[a-g]#?\d\s*-\s*)$")
 """Instruments left out: drum loops ("Sample: beats_01-39.flac", which hold unlabelled kicks and snares) and
@@ -70,7 +73,7 @@ CLIP_SECONDS = 0.5
 CENTRE_SECONDS = 0.04  # a class is in a clip's label when it sounds within this of the clip's centre
 MAX_HIT_SECONDS = 2.0
 DECAY_DB = 30.0
-SCENES: dict[str, int] = {"train": 400, "val": 40, "test": 60}
+SCENES: dict[str, int] = {"train": 600, "val": 40, "test": 60}
 CLIPS_PER_SCENE = 12
 COLUMNS = ("path", "label", "split", "voice", "source")
 
@@ -90,6 +93,78 @@ class Event:
     label: str
     onset: float
     offset: float
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """A folder of one-shot samples from a Debian package other than hydrogen-drumkits, read as one more
+    training kit. Its files have no ``drumkit.xml``, so each file's name (lowercased, ``_`` read as a space)
+    is matched against ``rules``: the first match gives its class (:data:`OTHER` makes it a distractor); a file
+    no rule matches is left out (drum loops, basses, anything that may hold a voice)."""
+
+    name: str
+    package: str
+    root: Path
+    rules: tuple[tuple[str, re.Pattern[str]], ...]
+
+    def samples(self) -> list[Sample]:
+        out = []
+        for path in sorted(self.root.rglob("*")):
+            if path.suffix.lower() not in (".ogg", ".flac", ".wav") or not path.is_file():
+                continue
+            rel = path.relative_to(self.root).with_suffix("").as_posix().lower().replace("_", " ")
+            label = next((lab for lab, pattern in self.rules if pattern.fullmatch(rel)), None)
+            if label is None:
+                continue
+            try:
+                sf.info(str(path))
+            except (RuntimeError, sf.LibsndfileError) as e:  # lmms-common ships a few malformed files
+                print(f"skipped {path}: unreadable ({e})", file=sys.stderr)
+                continue
+            out.append(Sample(self.name, label, path.relative_to(self.root).with_suffix("").as_posix(), path))
+        return out
+
+
+def _rules(*pairs: tuple[str, str]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((label, re.compile(pattern)) for label, pattern in pairs)
+
+
+EXTRA_SOURCES: tuple[SampleSource, ...] = (
+    # lmms-common: 72 one-shots of acoustic and electronic kits, and a few effects as distractors.
+    SampleSource(
+        "lmms-drums",
+        "lmms-common",
+        LMMS_DIR,
+        _rules(
+            ("kick", r"drums/(bassdrum|kick).*"),
+            ("snare", r"drums/(nasty )?snare.*"),
+            ("hihat", r"drums/hihat.*"),
+            ("cymbal", r"drums/(crash|ride).*"),
+            ("tom", r"drums/tom.*"),
+            ("clap", r"drums/clap.*"),
+            (OTHER, r"drums/(clav|rim|nasty rim|sidestick|shaker|wood|zap).*"),
+            (OTHER, r"misc/(dong|metalish dong|metronome|electric ping).*|effects/(scratch|wind chimes).*"),
+        ),
+    ),
+    # sonic-pi-samples (CC0 recordings from freesound.org): acoustic and electronic drums, tabla, bells.
+    SampleSource(
+        "sonic-pi",
+        "sonic-pi-samples",
+        SONIC_PI_DIR,
+        _rules(
+            ("kick", r"bd .*|drum bass .*|drum heavy kick|elec (hollow|soft) kick"),
+            ("snare", r"sn .*|drum snare .*|elec (filt |hi |lo |mid )?snare"),
+            ("hihat", r"drum cymbal (closed|open|pedal)"),
+            ("cymbal", r"drum cymbal (hard|soft)|drum splash .*|elec cymbal"),
+            ("tom", r"drum tom .*|elec fuzz tom"),
+            ("clap", r"perc snap2?"),
+            (OTHER, r"drum cowbell|elec (beep|bell|blip2?|blup|bong|chime|ping|plip|pop|tick|triangle|twang|twip)"),
+            (OTHER, r"elec wood|perc (bell2?|door|impact[12]|till)|tabla .*|glitch perc\d"),
+        ),
+    ),
+)
+"""Training-only sources besides the hydrogen kits: every held-out (val, test) kit stays a hydrogen kit, so the
+figures of versions trained with and without them are measured on the same kits."""
 
 
 def classify_instrument(name: str) -> str:
@@ -114,10 +189,18 @@ def read_kit(kit_dir: Path) -> list[Sample]:
     return samples
 
 
-def find_kits(kits_dir: Path = KITS_DIR) -> dict[str, list[Sample]]:
+def find_kits(kits_dir: Path = KITS_DIR, extra: Sequence[SampleSource] = ()) -> dict[str, list[Sample]]:
+    """The hydrogen kits in ``kits_dir`` and each source of ``extra`` as one more kit, by name."""
     if not kits_dir.is_dir():
         raise RuntimeError(f"{kits_dir} is missing; on Debian: apt-get install hydrogen-drumkits")
-    return {d.name: read_kit(d) for d in sorted(kits_dir.iterdir()) if (d / "drumkit.xml").is_file()}
+    kits = {d.name: read_kit(d) for d in sorted(kits_dir.iterdir()) if (d / "drumkit.xml").is_file()}
+    for source in extra:
+        if not source.root.is_dir():
+            raise RuntimeError(f"{source.root} is missing; on Debian: apt-get install {source.package}")
+        if SPLIT_OF_KIT.get(source.name, "train") != "train":
+            raise RuntimeError(f"{source.name} is a held-out kit's name; an extra source only trains")
+        kits[source.name] = source.samples()
+    return kits
 
 
 def load_hit(path: Path) -> FloatArray:
@@ -194,14 +277,24 @@ def clip_centres(events: Sequence[Event], rng: np.random.Generator, k: int, seco
     return centres
 
 
-def build(out: Path, kits_dir: Path = KITS_DIR, seed: int = 0, scenes: dict[str, int] | None = None) -> Path:
-    """Write scenes, clips and ``manifest.csv`` into ``out``; return the manifest's path."""
-    kits = find_kits(kits_dir)
+def build(
+    out: Path,
+    kits_dir: Path = KITS_DIR,
+    seed: int = 0,
+    scenes: dict[str, int] | None = None,
+    extra: Sequence[SampleSource] = EXTRA_SOURCES,
+) -> Path:
+    """Write scenes, clips and ``manifest.csv`` into ``out``; return the manifest's path.
+
+    Each split draws from a random generator of its own (``seed`` and the split), so the val and test scenes
+    do not change when training sources or training scenes are added: versions stay comparable."""
+    kits = find_kits(kits_dir, extra)
     counts = scenes or SCENES
-    rng = np.random.default_rng(seed)
     hits = {s.path: load_hit(s.path) for samples in kits.values() for s in samples}
+    package = {source.name: source.package for source in extra}
     rows: list[dict[str, str]] = []
-    for split in SPLITS:
+    for split_index, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, split_index])
         split_kits = [k for k in kits if SPLIT_OF_KIT.get(k, "train") == split and any(s.label for s in kits[k])]
         scene_dir = out / "scenes" / split
         clip_dir = out / "clips" / split
@@ -221,7 +314,10 @@ def build(out: Path, kits_dir: Path = KITS_DIR, seed: int = 0, scenes: dict[str,
                 name = f"clips/{split}/{i:04d}_{j:02d}.wav"
                 sf.write(out / name, to_int16(audio[c - half : c + half]), SAMPLE_RATE, subtype="PCM_16")
                 label = ";".join(labels_at(events, centre))
-                rows.append({"path": name, "label": label, "split": split, "voice": kit, "source": "hydrogen-drumkits"})
+                rows.append(
+                    {"path": name, "label": label, "split": split, "voice": kit,
+                     "source": package.get(kit, "hydrogen-drumkits")}
+                )  # fmt: skip
         if split != "train":
             with (scene_dir / "events.csv").open("w", newline="") as f:
                 writer = csv.writer(f)
@@ -249,7 +345,7 @@ def summarize(manifest: Path) -> str:
 def _cmd_drums(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        manifest = build(args.out, args.kits, args.seed)
+        manifest = build(args.out, args.kits, args.seed, extra=() if args.hydrogen_only else EXTRA_SOURCES)
     except (RuntimeError, OSError) as e:
         print(f"cannot build the drum data set: {e}", file=sys.stderr)
         return 1
@@ -269,4 +365,9 @@ def add_drums_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="output (default %(default)s)")
     parser.add_argument("--kits", type=Path, default=KITS_DIR, metavar="DIR", help="drum kits (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--hydrogen-only",
+        action="store_true",
+        help="train on the hydrogen kits alone, without the lmms-common and sonic-pi-samples one-shots",
+    )
     parser.set_defaults(func=_cmd_drums)
