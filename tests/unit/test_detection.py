@@ -73,6 +73,22 @@ def test_per_class_thresholds_and_releases() -> None:
     assert got == [("snare", ONSET, 0.1, None), ("snare", OFFSET, 0.2, 0.1)]
 
 
+def test_a_version_may_carry_its_own_smoothing_and_release_ratio() -> None:
+    fields = manifest_fields(output_kind="sigmoid", thresholds={"yes": 0.5})
+    common = {"version": 1, "sha256": "0" * 64, "size_bytes": 1, "created_at": "2026-01-01T00:00:00Z"}
+    settings = Settings(threshold=0.6, release_threshold=0.3, smoothing_windows=3)
+    plain = PostprocessConfig.from_settings(settings, Manifest.model_validate({**fields, **common}))
+    assert plain.smoothing_windows == 3 and plain.class_releases()[0] == pytest.approx(0.25)  # the server's
+    own = Manifest.model_validate({**fields, **common, "smoothing_windows": 1, "release_ratio": 0.25})
+    c = PostprocessConfig.from_settings(settings, own)
+    assert c.smoothing_windows == 1
+    releases = dict(zip(c.labels, c.class_releases(), strict=True))
+    assert releases["yes"] == pytest.approx(0.125) and releases["no"] == pytest.approx(0.15)
+    for bad in ({"smoothing_windows": 0}, {"release_ratio": 1.5}, {"release_ratio": 0.0}):
+        with pytest.raises(ValueError):
+            Manifest.model_validate({**fields, **common, **bad})
+
+
 def test_stream_overrides_sensitivity_and_allowed_classes() -> None:
     fields = manifest_fields(output_kind="sigmoid", thresholds={"yes": 0.5})
     manifest = Manifest.model_validate({**fields, "version": 1, "sha256": "0" * 64, "size_bytes": 1,

@@ -88,3 +88,34 @@ def test_a_class_the_version_does_not_know_is_refused(
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "whistle" in err and "Traceback" not in err
+
+
+def test_tune_detection_writes_smoothing_release_and_thresholds_into_the_manifest(
+    version_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    rng = np.random.default_rng(1)
+    rows = ["filename,event_label,onset,offset"]
+    for i in range(2):  # 8 s of near silence with a loud 2-s burst: a "yes" event
+        audio = rng.normal(0, 1e-4, 8 * SAMPLE_RATE)
+        audio[3 * SAMPLE_RATE : 5 * SAMPLE_RATE] = rng.uniform(-0.3, 0.3, 2 * SAMPLE_RATE)
+        sf.write(scenes / f"{i}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
+        rows.append(f"{i}.wav,yes,3.0,5.0")
+    (scenes / "events.csv").write_text("\n".join(rows) + "\n")
+    parser = argparse.ArgumentParser()
+    evaluate_mod.add_command(parser.add_subparsers())
+
+    args = parser.parse_args(["eval", str(version_dir), "--events", str(scenes), "--tune-detection", "--quiet"])
+    assert args.func(args) == 0
+    assert "PSDS1" in capsys.readouterr().out
+    m = read_manifest(version_dir)
+    assert m.smoothing_windows in (1, 2, 3) and m.release_ratio in (0.25, 0.5, 0.75)
+    assert m.thresholds["no"] == THRESHOLDS["no"]  # no "no" event to tune it on: it keeps its own
+    assert m.metrics["detection"]["thresholds"].keys() == {"yes"}
+    assert m.metrics["detection"]["chosen_on"] == str(scenes)
+    load_version(version_dir)  # still verifies
+
+    args = parser.parse_args(["eval", str(version_dir), "--tune-detection", "--quiet"])
+    assert args.func(args) == 2
+    assert "--events" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hark.core.postprocess import PostprocessConfig
-from hark_training.sed import Scored, detect, merge_overlaps, psds, sed_eval_metrics
+from hark_training.sed import Scored, detect, merge_overlaps, psds, sed_eval_metrics, tune_thresholds_scored
 
 LABELS = ("kick", "snare")
 
@@ -64,3 +64,16 @@ def test_overlapping_events_of_a_class_are_merged_for_psds() -> None:
         ("a.wav", "snare", 0.4, 0.6),
         ("b.wav", "kick", 0.45, 0.6),
     ]
+
+
+def test_thresholds_are_tuned_per_class_for_the_best_event_f1() -> None:
+    """Kick scores 0.95 on its hits and nothing elsewhere; snare scores 0.7 on its hits but 0.5 on three false
+    bumps: kick takes the threshold nearest 0.5 among those that find all its hits, snare one above 0.5."""
+    reference = [{"filename": "a.wav", "event_label": c, "onset": on, "offset": off} for c, on, off in TRUTH]
+    s = scored(TRUTH)
+    for onset in (2.0, 5.0, 8.5):  # false snare bumps
+        s.probabilities[(s.centres >= onset) & (s.centres < onset + 0.2), 1] = 0.5
+    s.probabilities[s.probabilities[:, 1] == 0.95, 1] = 0.7
+    thresholds, f1 = tune_thresholds_scored(reference, {"a.wav": s}, CONFIG, LABELS)
+    assert thresholds["kick"] == 0.5 and f1["kick"] == 1.0
+    assert 0.5 < thresholds["snare"] <= 0.7 and f1["snare"] == 1.0

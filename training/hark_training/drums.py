@@ -70,10 +70,10 @@ slots with no name or a bare number (no way to tell what they are)."""
 
 SCENE_SECONDS = 6.0
 CLIP_SECONDS = 0.5
-CENTRE_SECONDS = 0.04  # a class is in a clip's label when it sounds within this of the clip's centre
+CENTRE_SECONDS = 0.02  # a class is in a clip's label when it sounds within this of the clip's centre: half a hop
 MAX_HIT_SECONDS = 2.0
 DECAY_DB = 30.0
-SCENES: dict[str, int] = {"train": 600, "val": 40, "test": 60}
+SCENES: dict[str, int] = {"train": 1000, "val": 40, "test": 60}
 CLIPS_PER_SCENE = 12
 COLUMNS = ("path", "label", "split", "voice", "source")
 

@@ -425,6 +425,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.tune_detection and args.events is None:
+        print("error: --tune-detection needs --events DIR (annotated validation recordings)", file=sys.stderr)
+        return 2
+    if args.events is not None and args.tune_detection:
+        return run_tune(version_dir, args.events, args.out)
     if args.events is not None:
         return run_events(version_dir, args.events, args.out)
     try:
@@ -491,6 +496,36 @@ def run_events(version_dir: Path, folder: Path, out: Path | None) -> int:
     return 0
 
 
+def run_tune(version_dir: Path, folder: Path, out: Path | None) -> int:
+    """``hark eval VERSION --events DIR --tune-detection``: choose a multi-label version's smoothing, release
+    ratio and per-class thresholds on the annotated recordings of DIR (``hark_training.sed.tune_detection``)
+    and write them into its manifest (or, with ``out``, only into ``out/detection.json``)."""
+    from hark_training.sed import tune_detection, write_detection
+
+    try:
+        tuned = tune_detection(load_version(version_dir), folder)
+    except VerificationError as e:
+        print(f"error: {version_dir} does not verify: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if out is None:
+        write_detection(version_dir, tuned)
+        target = version_dir / MANIFEST_FILE
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / "detection.json"
+        target.write_text(json.dumps(tuned, indent=2) + "\n")
+    thresholds = "  ".join(f"{k} {v:g}" for k, v in tuned["thresholds"].items())
+    print(
+        f"{version_dir}: on {folder}, smoothing {tuned['smoothing_windows']} hop(s) and release at "
+        f"{tuned['release_ratio']:g} of the threshold give PSDS1 {tuned['val_psds1']}; thresholds for the best "
+        f"event F1: {thresholds} -> {target}"
+    )
+    return 0
+
+
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hark eval``."""
     parser = subparsers.add_parser(
@@ -526,6 +561,12 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         metavar="DIR",
         help="Multi-label versions: stream the recordings in DIR (with DIR/events.csv: filename,event_label,"
         "onset,offset) and report event-based F1, segment-based F1 (sed_eval) and PSDS (psds_eval)",
+    )
+    parser.add_argument(
+        "--tune-detection",
+        action="store_true",
+        help="With --events on validation recordings (never the test ones): choose the version's smoothing and "
+        "release ratio (best PSDS1) and per-class thresholds (best event F1) and write them into its manifest",
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bars")
     parser.set_defaults(func=run)

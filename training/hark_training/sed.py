@@ -186,9 +186,10 @@ def psds_evaluator() -> Any:
     return Patched
 
 
-def evaluate_events(loaded: LoadedModel, folder: Path, settings: Settings | None = None) -> dict[str, Any]:
-    """Every event-level figure of ``loaded`` on the recordings in ``folder`` and their ``events.csv``."""
-    settings = settings or Settings()
+def score_folder(
+    loaded: LoadedModel, folder: Path, settings: Settings
+) -> tuple[list[dict[str, Any]], dict[str, Scored]]:
+    """The annotations of ``folder`` and each of its recordings scored as served, refusing what does not fit."""
     manifest = loaded.manifest
     if manifest.output_kind != "sigmoid":
         raise ValueError(f"{manifest.name} v{manifest.version} is not a multi-label (sigmoid) model")
@@ -200,7 +201,126 @@ def evaluate_events(loaded: LoadedModel, folder: Path, settings: Settings | None
     if not files:
         raise ValueError(f"{folder} holds no .wav recordings")
     rate = manifest.frontend.sample_rate
-    scored = {name: score_recording(loaded, read_audio(folder / name, rate), rate, settings) for name in files}
+    return reference, {name: score_recording(loaded, read_audio(folder / name, rate), rate, settings) for name in files}
+
+
+SMOOTHING_GRID = (1, 2, 3)
+RELEASE_GRID = (0.25, 0.5, 0.75)
+
+
+def tune_detection(loaded: LoadedModel, folder: Path, settings: Settings | None = None) -> dict[str, Any]:
+    """A multi-label version's event postprocessing, chosen on the annotated recordings of ``folder``
+    (validation scenes; test never chooses), each recording scored once as served:
+
+    1. the smoothing (hops averaged) and release ratio (release level / threshold) of the grids above with the
+       best PSDS1, which sweeps the thresholds and so judges how well events are placed in time, whatever
+       the thresholds;
+    2. with those, per class, the threshold with the best event F1 (:func:`tune_thresholds`).
+
+    Returns the manifest fields (``thresholds``, ``smoothing_windows``, ``release_ratio``) and what was seen."""
+    settings = settings or Settings()
+    reference, scored = score_folder(loaded, folder, settings)
+    manifest = loaded.manifest
+    base = PostprocessConfig.from_settings(settings, manifest, DetectionOverrides())
+    tried: list[tuple[int, float, float]] = []  # smoothing, release ratio, PSDS1
+    for smoothing in SMOOTHING_GRID:
+        for ratio in RELEASE_GRID:
+            config = replace(base, smoothing_windows=smoothing, release_threshold=ratio * base.threshold)
+            tried.append((smoothing, ratio, psds(reference, scored, config)))
+    smoothing, ratio, best_psds = max(tried, key=lambda t: t[2])
+    config = replace(base, smoothing_windows=smoothing, release_threshold=ratio * base.threshold)
+    thresholds, f1 = tune_thresholds_scored(reference, scored, config, manifest.labels, manifest.background_labels)
+    return {
+        "thresholds": thresholds,
+        "smoothing_windows": smoothing,
+        "release_ratio": ratio,
+        "chosen_on": str(folder),
+        "val_psds1": best_psds,
+        "val_event_f1_onset_per_class": f1,
+        "tried": [{"smoothing_windows": s, "release_ratio": r, "psds1": p} for s, r, p in tried],
+    }
+
+
+def tune_thresholds_scored(
+    reference: Sequence[dict[str, Any]],
+    scored: dict[str, Scored],
+    base: PostprocessConfig,
+    labels: Sequence[str],
+    background: Sequence[str] = (),
+    grid: Sequence[float] = PSDS_THRESHOLDS,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per class, the threshold of ``grid`` with the best event F1 (onset within 200 ms) on scored recordings
+    under ``base``'s smoothing and release ratio; returns the thresholds and each class's F1 there. Only
+    the classes with annotated events in ``reference`` are tuned.
+
+    Classes are independent detectors in a multi-label version, so one pass per threshold with every class
+    at that threshold gives each class's F1 at it. A tie goes to the threshold nearer 0.5 (the less extreme)."""
+    annotated = {e["event_label"] for e in reference}  # a class never annotated here has nothing to tune on
+    foreground = [label for label in labels if label not in background and label in annotated]
+    tuned = set(foreground)
+    files = sorted(scored)
+    best: dict[str, tuple[float, float]] = {}
+    for t in sorted(grid, key=lambda t: abs(t - 0.5)):  # nearest 0.5 first, so it wins ties
+        config = replace(base, thresholds=(t,) * len(base.labels))
+        estimated = [
+            {**e, "filename": name}
+            for name, s in scored.items()
+            for e in detect(s, config)
+            if e["event_label"] in tuned
+        ]
+        per_class = sed_eval_metrics(reference, estimated, files, foreground)["event_f1_onset"]["per_class_f1"]
+        for label in foreground:
+            f1 = float(per_class.get(label, 0.0))
+            if f1 == f1 and (label not in best or f1 > best[label][1]):  # f1 == f1: not NaN
+                best[label] = (float(t), f1)
+    return {k: v[0] for k, v in best.items()}, {k: round(v[1], DIGITS) for k, v in best.items()}
+
+
+def write_detection(version_dir: Path, tuned: dict[str, Any]) -> None:
+    """Store tuned postprocessing in a version's manifest (how it was chosen under ``metrics.detection``),
+    atomically; the version still verifies (its model file is untouched)."""
+    import json
+    import os
+    import tempfile
+
+    from hark.core.model_store import MANIFEST_FILE, Manifest, read_manifest
+
+    data = read_manifest(version_dir).model_dump(mode="json")
+    data["thresholds"] = {**data["thresholds"], **tuned["thresholds"]}  # a class not tuned keeps its own
+    data["smoothing_windows"] = tuned["smoothing_windows"]
+    data["release_ratio"] = tuned["release_ratio"]
+    data["metrics"] = {**data.get("metrics", {}), "detection": {k: v for k, v in tuned.items() if k != "tried"}}
+    Manifest.model_validate(data)
+    path = version_dir / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}-", dir=version_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tune_thresholds(
+    loaded: LoadedModel, folder: Path, settings: Settings | None = None, grid: Sequence[float] = PSDS_THRESHOLDS
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per class, the threshold of ``grid`` with the best event F1 on the annotated recordings of ``folder``
+    under the version's own (or the server's) smoothing and release; see :func:`tune_thresholds_scored`."""
+    settings = settings or Settings()
+    reference, scored = score_folder(loaded, folder, settings)
+    m = loaded.manifest
+    base = PostprocessConfig.from_settings(settings, m, DetectionOverrides())
+    return tune_thresholds_scored(reference, scored, base, m.labels, m.background_labels, grid)
+
+
+def evaluate_events(loaded: LoadedModel, folder: Path, settings: Settings | None = None) -> dict[str, Any]:
+    """Every event-level figure of ``loaded`` on the recordings in ``folder`` and their ``events.csv``."""
+    settings = settings or Settings()
+    manifest = loaded.manifest
+    reference, scored = score_folder(loaded, folder, settings)
+    files = sorted(scored)
     config = PostprocessConfig.from_settings(settings, manifest, DetectionOverrides())
     estimated = [{**e, "filename": name} for name, s in scored.items() for e in detect(s, config)]
     labels = [label for label in manifest.labels if label not in manifest.background_labels]

@@ -99,6 +99,11 @@ class Manifest(BaseModel):
     output_kind: Literal["logits", "probabilities", "sigmoid"] = "logits"
     # Per-class firing thresholds (chosen on validation at export); a class not named uses the server's.
     thresholds: dict[str, float] = Field(default_factory=dict)
+    # The version's own event postprocessing, chosen on validation (None: the server's): hops averaged before
+    # thresholding, and each class's release level as a share of its threshold (the server's
+    # release_threshold / threshold otherwise). Short sounds want less smoothing than spoken words.
+    smoothing_windows: int | None = Field(None, ge=1, le=50)
+    release_ratio: float | None = Field(None, gt=0.0, le=1.0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
     reference_stats: FeatureStats | None = None

@@ -125,7 +125,8 @@ class PostprocessConfig:
     def from_settings(
         cls, settings: Settings, manifest: Manifest, overrides: DetectionOverrides | None = None
     ) -> PostprocessConfig:
-        """The server's settings, the version's own thresholds and output kind, and one stream's overrides."""
+        """The server's settings, the version's own thresholds, output kind and (when it has them) smoothing
+        and release ratio, and one stream's overrides."""
         overrides = overrides or DetectionOverrides()
         overrides.check(manifest.labels)
         per_class = {**manifest.thresholds, **dict(overrides.thresholds)}
@@ -133,14 +134,17 @@ class PostprocessConfig:
         if per_class or overrides.sensitivity:
             exponent = 2.0**overrides.sensitivity
             thresholds = tuple(float(per_class.get(label, settings.threshold) ** exponent) for label in manifest.labels)
+        release = settings.release_threshold
+        if manifest.release_ratio is not None:  # the version's own release level, as a share of the threshold
+            release = manifest.release_ratio * settings.threshold
         return cls(
             labels=tuple(manifest.labels),
             background_labels=frozenset(manifest.background_labels),
-            smoothing_windows=settings.smoothing_windows,
+            smoothing_windows=manifest.smoothing_windows or settings.smoothing_windows,
             threshold=settings.threshold,
             # A release level above the threshold is a misconfiguration that would disable hysteresis;
             # clamp rather than refuse to serve.
-            release_threshold=min(settings.release_threshold, settings.threshold),
+            release_threshold=min(release, settings.threshold),
             refractory_s=settings.refractory_s,
             holdoff_s=settings.holdoff_s,
             thresholds=thresholds,
