@@ -173,10 +173,14 @@ clean:  ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules
 
 .PHONY: percussion
-percussion: $(DEV_STAMP)  ## Rebuild the bundled sound-event model (model_store/percussion) from Debian's hydrogen-drumkits
-	@test -d /usr/share/hydrogen/data/drumkits || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends hydrogen-drumkits >/dev/null; }
+percussion: $(DEV_STAMP)  ## Rebuild the bundled sound-event model (model_store/percussion) from Debian's drum samples (about 30 min)
+	@test -d /usr/share/hydrogen/data/drumkits && test -d /usr/share/lmms/samples/drums && test -d /usr/share/sonic-pi/samples || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			hydrogen-drumkits lmms-common sonic-pi-samples >/dev/null; }
 	$(BIN)/hark data drums --out data/drums
-	$(BIN)/hark train --config training/configs/percussion.toml --quiet
+	nice -n 15 $(BIN)/hark train --config training/configs/percussion.toml --quiet
 	$(BIN)/hark export runs/percussion --store model_store --name percussion --quiet
+	$(BIN)/hark eval percussion --store model_store --events data/drums/scenes/val --tune-detection
+	$(BIN)/hark eval percussion --store model_store --quiet
 	$(BIN)/hark eval percussion --store model_store --events data/drums/scenes/test

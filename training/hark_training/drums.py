@@ -2,15 +2,20 @@
 
 Debian's ``hydrogen-drumkits`` package holds 14 drum kits recorded or sampled by their authors (about 670
 one-shot samples of kicks, snares, hi-hats, cymbals, toms, claps and hand percussion), each described by a
-``drumkit.xml`` that names its instruments. From them this module builds what sound-event detection needs:
+``drumkit.xml`` that names its instruments. Two more packages train beside them as a kit each: the one-shots of
+``lmms-common`` (acoustic and electronic drums) and ``sonic-pi-samples`` (CC0 recordings: drums, tabla, bells as
+distractors), classified by file name (:data:`EXTRA_SOURCES`). From them this module builds what sound-event
+detection needs:
 
 * **Scenes**: a few seconds of one kit playing: hits at random times (overlapping freely) at random
   levels over generated room noise, with the other instruments of the kit (cowbell, stick, tambourine,
   congas, djembes...) as unlabelled distractors. Every labelled hit is annotated ``label, onset, offset``,
   the offset being where the hit has decayed 30 dB below its peak.
 * **Clips**: windows cut from the scenes (half centred near a hit, half anywhere), each labelled with the
-  classes *sounding at its centre* (a strong label, ``kick;hihat``), so a model trained on them is active
-  exactly while a sound lasts and the server's onsets and offsets fall where the sound begins and ends.
+  classes *sounding at its centre* (within half a hop, a strong label such as ``kick;hihat``), so a model
+  trained on them is active exactly while a sound lasts and the server's onsets and offsets fall where the
+  sound begins and ends (a model that pools its window globally cannot tell where a hit is: the percussion
+  recipe reads the centre, ``pool = "centre"``).
 
 Splits are by **kit**: the test kits and the validation kit are never heard in training, so the figures
 measure generalisation to a drum kit nobody trained on. ``scenes/<split>/events.csv`` holds the annotations
