@@ -63,6 +63,7 @@ class RawH2:
     events: Counter[str] = field(default_factory=Counter)
     _pump: asyncio.Task[None] | None = None
     _window: asyncio.Event = field(default_factory=asyncio.Event)
+    _frames: bytearray = field(default_factory=bytearray)  # the server's bytes not yet cut into frames
 
     @classmethod
     async def open(cls, address: str) -> RawH2:
@@ -156,6 +157,7 @@ class RawH2:
     async def _read(self) -> None:
         try:
             while data := await self.reader.read(65536):
+                self._scan_for_goaway(data)
                 try:
                     events = self.conn.receive_data(data)
                 except h2.exceptions.ProtocolError:
@@ -168,6 +170,18 @@ class RawH2:
         finally:
             self.closed = True
             self._window.set()
+
+    def _scan_for_goaway(self, data: bytes) -> None:
+        """Note a GOAWAY frame in the server's bytes. h2 reports one as an event, but loses every event of a
+        read in which a later frame (an RST_STREAM for a call this side reset) makes it raise."""
+        self._frames += data
+        while len(self._frames) >= 9:
+            length = int.from_bytes(self._frames[:3], "big")
+            if len(self._frames) < 9 + length:
+                return
+            if self._frames[3] == 0x7:  # GOAWAY
+                self.goaway = True
+            del self._frames[: 9 + length]
 
     def _on(self, event: h2.events.Event) -> None:
         self.events[type(event).__name__] += 1

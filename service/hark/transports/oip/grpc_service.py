@@ -5,6 +5,11 @@ request with Triton's ``sequence_id`` belongs to a sequence (one stream pipeline
 clip, answered as ``ModelInfer`` would. A refused request is answered with ``error_message``
 (``"<STATUS>: <message>"``, as Triton does) and ends its sequence; the call and its other sequences go on.
 A call silent for ``idle_timeout_s`` ends with ``DEADLINE_EXCEEDED``, and its open sequences with it.
+
+``ModelInfer`` is admitted at its headers, as ``Classify`` is (:func:`add_to_server` registers it as
+request-streaming): a clip slot is taken before its body is read, and an admitted request has
+``request_timeout_s`` to arrive whole. Hostile clients: registered unary, gRPC buffered every request's
+megabytes before any limit of Hark's could count it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from hark.oip import inference_pb2 as pb
 from hark.oip import inference_pb2_grpc
 from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.metrics import HarkMetrics
+from hark.transports.grpc.security import client_keys_of
 from hark.transports.oip import tensors
 from hark.transports.oip.plane import InferResult, OipPlane, Sequences
 from hark.transports.oip.tensors import Tensor, invalid
@@ -93,10 +99,13 @@ def infer_response(request: pb.ModelInferRequest, result: InferResult) -> pb.Mod
 
 
 class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, oip: OipPlane, metrics: HarkMetrics, idle_timeout_s: float) -> None:
+    def __init__(
+        self, oip: OipPlane, metrics: HarkMetrics, idle_timeout_s: float, request_timeout_s: float = 10.0
+    ) -> None:
         self.oip = oip
         self.metrics = metrics
         self.idle_timeout_s = idle_timeout_s
+        self.request_timeout_s = request_timeout_s
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -154,6 +163,40 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         except REFUSALS as e:
             await self._abort(context, e)
         return infer_response(request, result)
+
+    async def ModelInferAdmitted(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        """``ModelInfer`` as :func:`add_to_server` registers it: admitted before its body is read."""
+        self.metrics.request("ModelInfer")
+        try:
+            with self.oip.admit(client_keys_of(context)):
+                request = await self._whole(context)
+                result = await self.oip.infer_admitted(
+                    request.model_name,
+                    request.model_version,
+                    inputs_of(request),
+                    parameters_of(request.parameters),
+                    [o.name for o in request.outputs],
+                )
+        except REFUSALS as e:
+            await self._abort(context, e)
+        return infer_response(request, result)
+
+    async def _whole(self, context: grpc.aio.ServicerContext) -> pb.ModelInferRequest:
+        """The one request of an admitted ``ModelInfer`` call, within ``request_timeout_s``."""
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                request = await context.read()
+        except TimeoutError:
+            raise Refusal(
+                "DEADLINE_EXCEEDED",
+                f"the request did not arrive whole within {self.request_timeout_s:g} s; send the clip at once",
+            ) from None
+        except DecodeError:
+            raise invalid("the request is not a valid inference.ModelInferRequest (malformed protobuf)") from None
+        if request is grpc.aio.EOF:
+            raise invalid("the call ended before its ModelInferRequest was sent")
+        assert isinstance(request, pb.ModelInferRequest)
+        return request
 
     async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         call_id = uuid.uuid4().hex[:12]
@@ -216,3 +259,21 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
         await context.abort(grpc.StatusCode[refusal.code], refusal.message, trailers)
         raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
+    """Register the service like ``add_GRPCInferenceServiceServicer_to_server``, but with ``ModelInfer`` as a
+    request-streaming handler (:meth:`InferenceService.ModelInferAdmitted`): the same wire, the same clients."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        parse = getattr(pb, method.input_type.name).FromString
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(service.ModelInferAdmitted, parse, serialize)
+            continue
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(getattr(service, method.name), parse, serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
