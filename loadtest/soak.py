@@ -77,6 +77,8 @@ class ServerProcess:
     events: Counter[str] = field(default_factory=Counter)
     log_bytes: int = 0  # everything the server wrote to stderr
     metrics_url: str = ""  # the /metrics address, when the server serves one
+    websocket_port: int | None = None  # when the server serves the WebSocket port
+    oip_http_port: int | None = None  # when the server serves the OIP REST port
     _drain: asyncio.Task[None] | None = None
 
     @classmethod
@@ -94,6 +96,8 @@ class ServerProcess:
             if str(entry.get("event", "")).startswith("listening on "):
                 server.address = str(entry["address"])
                 server.metrics_url = str(entry.get("metrics") or "")
+                server.websocket_port = entry.get("websocket")
+                server.oip_http_port = entry.get("oip_http")
         server._drain = asyncio.get_running_loop().create_task(server._read_logs())
         return server
 

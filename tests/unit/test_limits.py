@@ -13,7 +13,7 @@ from hark.core.audio import AudioError, check_channels, mix_down
 from hark.core.model_store import InvalidModelName, validate_model_name
 from hark.core.text import clip, quote
 from hark.log_sampling import LogSampler
-from hark.serving.admission import Admission
+from hark.serving.admission import Admission, client_keys
 from hark.serving.budget import COST_PER_PCM_BYTE, AudioBudget
 from hark.serving.errors import Refusal
 from hark.serving.limits import RealTimePacer
@@ -45,6 +45,26 @@ async def test_clips_have_their_own_smaller_budget_and_hold_a_stream_slot() -> N
         with admission.stream():  # streams are still admitted
             pass
     assert admission.active_clips == admission.active_streams == admission.active_calls == 0
+
+
+async def test_fast_streams_have_their_own_small_budget_inside_their_stream_slot() -> None:
+    admission = Admission(10, max_clips=2, max_fast=1)
+    with admission.stream(), admission.fast():
+        assert (admission.active_fast, admission.active_streams) == (1, 1)
+        with admission.stream(), pytest.raises(Refusal) as refused, admission.fast():
+            pass
+        assert refused.value.code == "RESOURCE_EXHAUSTED" and refused.value.retry_after_ms
+        assert "limit of 1 concurrent fast streams" in refused.value.message
+        with admission.stream(), admission.clip():  # live streams and clips are still admitted
+            pass
+    assert admission.active_fast == admission.active_streams == admission.active_calls == 0
+
+
+def test_client_keys_name_the_peer_and_a_digest_of_the_token() -> None:
+    keys = client_keys("ipv4:127.0.0.1:5000", "secret-token")
+    assert keys[0] == "peer:ipv4:127.0.0.1:5000"
+    assert keys[1].startswith("token:") and "secret" not in keys[1]
+    assert client_keys("127.0.0.1") == ("peer:127.0.0.1",)
 
 
 def test_the_audio_budget_refuses_what_does_not_fit_and_frees_what_ends() -> None:
@@ -103,6 +123,10 @@ def test_grpc_limits_follow_the_settings() -> None:
     assert options["grpc.max_concurrent_streams"] == settings.max_streams_per_connection
     # never above max_message_bytes, however long a stream may be
     assert max_receive_bytes(Settings()) == Settings().max_message_bytes
+    # every connection ends in GOAWAY after max_connection_age_s; its calls get max_stream_s to finish
+    assert options["grpc.max_connection_age_ms"] == 300_000
+    assert options["grpc.max_connection_age_grace_ms"] == 10_000
+    assert dict(server_options(Settings(max_stream_s=1e9)))["grpc.max_connection_age_grace_ms"] == 2**31 - 1
 
 
 def test_a_flood_of_log_lines_is_sampled_and_the_skipped_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
