@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         10.0, gt=0, description="Time a Classify request has to arrive whole, once admitted."
     )
-    # 2: a 4 MB clip (125 s at 16 kHz) costs about 60 MiB of RSS while it is decoded, featurised and scored.
+    # 2: a 4 MB clip (125 s at 16 kHz) costs about 32 MiB of RSS at peak while it is received, decoded,
+    # featurised and scored (48-52 MiB before its windows became views of its frames).
     max_clip_calls: int = Field(
         2, ge=1, description="Concurrent Classify calls (their own budget, apart from the live streams)."
     )

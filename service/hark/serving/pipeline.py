@@ -192,6 +192,18 @@ async def submit_fairly(batcher: Batcher, windows: Sequence[FloatArray], *, bulk
     return out
 
 
+# Windows stacked at a time for a streaming version's whole-clip scoring (a few MB, not the whole clip).
+CLIP_BLOCK_WINDOWS = 256
+
+
+def _run_windows_in_blocks(runner: StreamingRunner, windows: Sequence[FloatArray]) -> FloatArray:
+    blocks = [
+        runner.run_windows(np.stack(windows[i : i + CLIP_BLOCK_WINDOWS]))
+        for i in range(0, len(windows), CLIP_BLOCK_WINDOWS)
+    ]
+    return np.concatenate(blocks)
+
+
 class DataPlane:
     """The serving core every transport calls: open stream pipelines, classify clips, describe models."""
 
@@ -302,10 +314,10 @@ class DataPlane:
         target = loaded.manifest.frontend.sample_rate
         windows = await asyncio.to_thread(lambda: clip_windows(resample(samples, rate, target), loaded))
         if isinstance(loaded.runner, StreamingRunner):  # each window from a zero state, its hops as batches
-            probabilities = await asyncio.to_thread(loaded.runner.run_windows, windows)
+            probabilities = await asyncio.to_thread(_run_windows_in_blocks, loaded.runner, windows)
         else:
             with self.pool.lease(loaded) as batcher:
-                probabilities = np.stack(await submit_fairly(batcher, list(windows), bulk=True))
+                probabilities = np.stack(await submit_fairly(batcher, windows, bulk=True))
         instruments = self.metrics.instruments(loaded)
         instruments.audio(samples, rate)
         instruments.clip(nbytes, windows, probabilities)
