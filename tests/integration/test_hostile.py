@@ -160,6 +160,7 @@ async def test_oip_requests_are_refused_or_admitted_at_their_headers(store: Path
         assert server.oip_http_port
         alone = await baseline(server, metadata)
         before = server.rss_bytes()
+        logged = server.log_bytes
         (attack, beside), peak = await peak_rss_during(
             server,
             asyncio.gather(
@@ -193,6 +194,9 @@ async def test_oip_requests_are_refused_or_admitted_at_their_headers(store: Path
             assert statuses[429] >= 38 and statuses[408] <= 2 and statuses[429] + statuses[408] == 40, statuses
             assert too_big == {413: 1}
         assert max(peak, rest_peak) - before < RSS_BUDGET
+        await asyncio.sleep(0.2)
+        # 241 refusals, their log lines sampled (at most 20 a second per transport): was a line each
+        assert server.log_bytes - logged < 32 * 1024, server.log_bytes - logged
 
 
 async def test_health_watches_are_capped(store: Path) -> None:

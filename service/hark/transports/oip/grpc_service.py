@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
 from hark.oip import inference_pb2 as pb
 from hark.oip import inference_pb2_grpc
@@ -106,6 +107,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.metrics = metrics
         self.idle_timeout_s = idle_timeout_s
         self.request_timeout_s = request_timeout_s
+        self._refused_log = LogSampler(20)  # a flood of refusals: 20 lines a second (each still counted)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -253,7 +255,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
         refusal = refusal_of(error)
         self.metrics.error(refusal.code)
-        log.info("request refused", code=refusal.code, error=refusal.message)
+        if (skipped := self._refused_log.allow()) is not None:
+            log.info("request refused", code=refusal.code, error=refusal.message, skipped=skipped)
         trailers = (
             (("grpc-retry-pushback-ms", str(refusal.retry_after_ms)),) if refusal.retry_after_ms is not None else ()
         )

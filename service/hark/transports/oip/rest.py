@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
 from hark.security import TokenVerifier
 from hark.serving.admission import client_keys
@@ -99,6 +100,7 @@ class OipRest:
         self.oip = oip
         self.max_bytes = max_bytes
         self.request_timeout_s = request_timeout_s
+        self._refused_log = LogSampler(20)  # a flood of refusals: 20 lines a second (each still counted)
         self.metrics = metrics
         self.verifier = verifier
         self.exempt_health = exempt_health
@@ -150,7 +152,10 @@ class OipRest:
         except REFUSALS as e:
             refusal = refusal_of(e)
             self.metrics.error(refusal.code)
-            log.info("request refused", path=request.path, code=refusal.code, error=refusal.message)
+            if (skipped := self._refused_log.allow()) is not None:
+                log.info(
+                    "request refused", path=request.path, code=refusal.code, error=refusal.message, skipped=skipped
+                )
             headers = {"Retry-After": str(max(1, refusal.retry_after_ms // 1000))} if refusal.retry_after_ms else None
             return _error(HTTP_STATUS[refusal.code], refusal.message, headers)
 
