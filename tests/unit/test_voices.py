@@ -121,6 +121,7 @@ def test_kokoro_hears_espeak_ng_phonemes_in_its_own_symbols() -> None:
     assert kokoro_phonemes("yes") == "jˈɛs."  # noqa: RUF001
     assert kokoro_phonemes("stop") == "stˈɑp."  # noqa: RUF001
     assert kokoro_phonemes("left") == "lˈɛft."  # noqa: RUF001
+    assert kokoro_phonemes("no?").endswith("?") and kokoro_phonemes("go,").endswith(",")
     # Diphthongs and affricates are single symbols in Kokoro's set; no length marks or ties are left.
     said = kokoro_phonemes("go right, down; boy, day. church judge bird water")
     for symbol in ("O", "I", "W", "Y", "A", "ʧ", "ʤ", "ɜɹ", "T"):

@@ -320,8 +320,8 @@ _KOKORO_FROM_ESPEAK: tuple[tuple[str, str], ...] = (
 def kokoro_phonemes(text: str) -> str:
     """``text`` in Kokoro's (misaki's) American English symbols, from ``espeak-ng -x --ipa -v en-us``.
 
-    espeak-ng writes one line per clause; the clauses are joined with commas and the whole ends with a full stop,
-    so Kokoro ends it with a falling tone, as a word said on its own.
+    espeak-ng writes one line per clause and no punctuation: the clauses are joined with commas, and the text's
+    own final ``,.!?`` (a full stop when it has none) ends it, so a question rises and a word said alone falls.
     """
     raw = _run(["espeak-ng", "-q", "-x", "--ipa", "--tie=^", "-v", "en-us", text]).decode()
     clauses = [c.strip() for c in raw.splitlines() if c.strip()]
@@ -329,7 +329,8 @@ def kokoro_phonemes(text: str) -> str:
     for old, new in _KOKORO_FROM_ESPEAK:
         ipa = ipa.replace(old, new)
     ipa = ipa.replace("\u0329", "")  # syllabic marks left after the replacements above
-    return ipa + "." if ipa else ""
+    last = text.strip()[-1:]
+    return ipa + (last if last in (",", ".", "!", "?") else ".") if ipa else ""
 
 
 @dataclass(frozen=True)
