@@ -4,13 +4,15 @@ where the keyword is, and the manifest says where every clip came from and under
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hark_training import voices
+from hark_training import engines, voices
 from hark_training.channel import ChannelConfig, degrade, telephone, vocal_tract
 from hark_training.data import CLIP_SAMPLES, KEYWORDS, build_dataset, read_manifest
 from hark_training.engines import (
@@ -114,6 +116,23 @@ def test_a_gnuspeech_failure_is_an_engine_error_and_the_engine_keeps_working() -
     with pytest.raises(EngineError):
         speak(EngineVoice("gnuspeech", "robot", GNUSPEECH_LICENCE), "yes")
     assert speak(voice, "yes").size > 0
+
+
+def test_a_gnuspeech_server_that_stops_answering_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    voice = _voices_of("gnuspeech")[0]
+    assert speak(voice, "yes").size > 0
+    server = engines._GNUSPEECH._proc
+    assert server is not None
+    monkeypatch.setattr(engines, "GNUSPEECH_TIMEOUT_S", 1.0)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(EngineError, match="no answer"):
+            speak(voice, "yes")
+        assert server.poll() is not None  # killed and reaped, not left behind
+        assert speak(voice, "stop").size > 0
+    finally:
+        if server.poll() is None:
+            server.kill()
 
 
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")

@@ -15,6 +15,7 @@ import atexit
 import io
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -73,6 +74,7 @@ DECTALK_RATE = 180
 GNUSPEECH_VOICES: tuple[str, ...] = ("male", "female", "large_child", "small_child", "baby")
 GNUSPEECH_LICENCE = "GPL-3.0 (GnuSpeech)"
 GNUSPEECH_DIR = Path(__file__).resolve().parents[1] / "gnuspeech"
+GNUSPEECH_TIMEOUT_S = 120.0
 """``training/gnuspeech``: the node script that runs GnuSpeech's WebAssembly build, and its npm package."""
 
 KOKORO_BASE_VOICES: tuple[str, ...] = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
@@ -275,10 +277,15 @@ class _GnuSpeechServer:
         try:
             proc.stdin.write((json.dumps(request) + "\n").encode())
             proc.stdin.flush()
+            # Nothing is left buffered between answers, so waiting on the pipe itself is safe.
+            if not select.select([proc.stdout], [], [], GNUSPEECH_TIMEOUT_S)[0]:
+                raise TimeoutError(f"no answer in {GNUSPEECH_TIMEOUT_S:.0f} s")
             size = int.from_bytes(proc.stdout.read(4), "little")
             wav = proc.stdout.read(size) if size else b""
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # TimeoutError and BrokenPipeError are OSErrors
             proc.kill()
+            proc.wait()
+            self._proc = None
             raise EngineError(f"GnuSpeech stopped: {e}") from e
         if not wav or len(wav) != size:
             raise EngineError(f"GnuSpeech could not say {text!r} with the {voice} voice")
