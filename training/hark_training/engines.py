@@ -74,8 +74,9 @@ DECTALK_RATE = 180
 GNUSPEECH_VOICES: tuple[str, ...] = ("male", "female", "large_child", "small_child", "baby")
 GNUSPEECH_LICENCE = "GPL-3.0 (GnuSpeech)"
 GNUSPEECH_DIR = Path(__file__).resolve().parents[1] / "gnuspeech"
-GNUSPEECH_TIMEOUT_S = 120.0
 """``training/gnuspeech``: the node script that runs GnuSpeech's WebAssembly build, and its npm package."""
+GNUSPEECH_TIMEOUT_S = 120.0
+"""A GnuSpeech server silent this long is stuck: it is killed and the next text starts a new one."""
 
 KOKORO_BASE_VOICES: tuple[str, ...] = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 KOKORO_BLENDS: tuple[str, ...] = (
@@ -241,7 +242,7 @@ def speak_dectalk(voice: str, text: str, prosody: Prosody) -> FloatArray:
         args = [str(home / "say"), "-s", str(DECTALK_VOICES[voice]), "-r", str(rate), "-fo", str(out)]
         try:
             subprocess.run([*args, "-a", text], cwd=home, capture_output=True, check=True, timeout=120)
-        except (OSError, subprocess.CalledProcessError) as e:
+        except (OSError, subprocess.SubprocessError) as e:  # not started, failed or timed out
             raise EngineError(f"DECtalk failed: {e}") from e
         audio = _wav_bytes_to_16k(out.read_bytes())
     return audio if abs(prosody.pitch - 1.0) < 1e-3 else _pitch_by_resampling(audio, prosody.pitch)
