@@ -60,8 +60,19 @@ VOICE_PACKAGES := mbrola $(addprefix mbrola-,af1 nl2 fr1 fr4 de1 de2 de3 de4 de5
 	rhvoice rhvoice-english libttspico-utils
 VOICES_SOURCES := /etc/apt/sources.list.d/hark-voices.sources
 
+# GnuSpeech (npm @echogarden/gnuspeech-wasm, GPL-3.0) runs through node from training/gnuspeech/speak.mjs; only the
+# voice-data build needs it (its unit tests skip without it). Debian's Node.js if there is none.
+GNUSPEECH_STAMP := training/gnuspeech/node_modules/.installed
+$(GNUSPEECH_STAMP): training/gnuspeech/package.json training/gnuspeech/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "installing nodejs and npm (Debian)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd training/gnuspeech && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 .PHONY: system-deps-voices
-system-deps-voices: system-deps  ## Debian speech engines for hark data build --engines (MBROLA, RHVoice, SVOX Pico)
+system-deps-voices: system-deps $(GNUSPEECH_STAMP)  ## Speech engines for hark data build --engines: MBROLA, RHVoice, SVOX Pico (Debian), GnuSpeech (npm)
 	@command -v mbrola >/dev/null && command -v RHVoice-test >/dev/null && command -v pico2wave >/dev/null \
 		&& [ -e /usr/share/mbrola/sw2 ] || { \
 		echo "installing MBROLA, RHVoice and SVOX Pico (Debian contrib/non-free)"; \
@@ -170,7 +181,7 @@ model-voices: $(DEV_STAMP) system-deps-voices  ## Build the many-engines data se
 
 .PHONY: clean
 clean:  ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules training/gnuspeech/node_modules
 
 .PHONY: percussion
 percussion: $(DEV_STAMP)  ## Rebuild the bundled sound-event model (model_store/percussion) from Debian's drum samples (about 30 min)

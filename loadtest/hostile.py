@@ -7,6 +7,8 @@ test_hostile.py``) and the soak (``loadtest/soak.py``) run against a real server
   much of it as the server lets in, never finishing it.
 * :func:`rapid_resets`: open a call and reset it at once, over and over (CVE-2023-44487).
 * :func:`idle_connections`: open TCP connections and never speak.
+* :func:`slow_bodies`: HTTP requests (the OIP REST ``infer`` route) that declare a large body, send some
+  of it, and never finish it.
 
 A :class:`RawH2` connection tracks what the server allowed (flow-control windows) and what it answered
 (status, resets, GOAWAY), so a test can say how many bytes each call could hold before being refused.
@@ -31,6 +33,8 @@ import h2.exceptions
 import numpy as np
 
 CLASSIFY = "/hark.v1.Classifier/Classify"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+REST_INFER = "/v2/models/tiny/infer"
 STREAM = "/hark.v1.Classifier/StreamClassify"
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 # Channel options for a grpc channel with a connection of its own (not shared with other channels).
@@ -63,6 +67,7 @@ class RawH2:
     events: Counter[str] = field(default_factory=Counter)
     _pump: asyncio.Task[None] | None = None
     _window: asyncio.Event = field(default_factory=asyncio.Event)
+    _frames: bytearray = field(default_factory=bytearray)  # the server's bytes not yet cut into frames
 
     @classmethod
     async def open(cls, address: str) -> RawH2:
@@ -156,6 +161,7 @@ class RawH2:
     async def _read(self) -> None:
         try:
             while data := await self.reader.read(65536):
+                self._scan_for_goaway(data)
                 try:
                     events = self.conn.receive_data(data)
                 except h2.exceptions.ProtocolError:
@@ -168,6 +174,18 @@ class RawH2:
         finally:
             self.closed = True
             self._window.set()
+
+    def _scan_for_goaway(self, data: bytes) -> None:
+        """Note a GOAWAY frame in the server's bytes. h2 reports one as an event, but loses every event of a
+        read in which a later frame (an RST_STREAM for a call this side reset) makes it raise."""
+        self._frames += data
+        while len(self._frames) >= 9:
+            length = int.from_bytes(self._frames[:3], "big")
+            if len(self._frames) < 9 + length:
+                return
+            if self._frames[3] == 0x7:  # GOAWAY
+                self.goaway = True
+            del self._frames[: 9 + length]
 
     def _on(self, event: h2.events.Event) -> None:
         self.events[type(event).__name__] += 1
@@ -277,6 +295,45 @@ async def rapid_resets(address: str, *, seconds: float = 2.0, path: str = CLASSI
     return report
 
 
+async def slow_bodies(
+    host: str,
+    port: int,
+    *,
+    requests: int = 40,
+    declared: int = 4_000_000,
+    sent: int = 65_536,
+    wait_s: float = 5.0,
+    path: str = REST_INFER,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Counter[int]:
+    """``requests`` HTTP/1.1 POSTs at once, each declaring a ``declared``-byte body, sending ``sent`` bytes of
+    it and never the rest; the HTTP status each got within ``wait_s`` (0: none)."""
+
+    async def one() -> int:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            return -1
+        try:
+            head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json"]
+            head += [f"Content-Length: {declared}", *(f"{k}: {v}" for k, v in headers)]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + b"{" + b" " * max(0, min(sent, declared) - 1))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            try:
+                line = await asyncio.wait_for(reader.readline(), wait_s)
+            except (TimeoutError, ConnectionError):
+                return 0
+            parts = line.split()
+            return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    return Counter(await asyncio.gather(*(one() for _ in range(requests))))
+
+
 async def idle_connections(address: str, count: int) -> list[socket.socket]:
     """``count`` TCP connections that never send a byte; the caller closes them. Stops early (returns
     fewer) when the server or this process can take no more."""
@@ -373,21 +430,24 @@ async def neighbour(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.hostile {rapid-reset,unfinished} HOST:PORT SECONDS``: one attack in a process of
-    its own (the soak runs them this way, so they cannot starve its other clients' event loop). Prints the
-    calls made and the statuses received, as JSON."""
+    """``python -m loadtest.hostile {rapid-reset,unfinished,unfinished-oip} HOST:PORT SECONDS``: one attack in a
+    process of its own (the soak runs them this way, so they cannot starve its other clients' event loop).
+    Prints the calls made and the statuses received, as JSON."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m loadtest.hostile", description=main.__doc__)
-    parser.add_argument("attack", choices=["rapid-reset", "unfinished"])
+    parser.add_argument("attack", choices=["rapid-reset", "unfinished", "unfinished-oip"])
     parser.add_argument("address", help="HOST:PORT of the server")
     parser.add_argument("seconds", type=float, help="how long the attack runs")
     args = parser.parse_args(argv)
     if args.attack == "rapid-reset":
         report = asyncio.run(rapid_resets(args.address, seconds=args.seconds))
-    else:  # 20 Classify calls declaring 1 MB each, never finished
+    else:  # 20 Classify (or OIP ModelInfer) calls declaring 1 MB each, never finished
+        path = MODEL_INFER if args.attack == "unfinished-oip" else CLASSIFY
         report = asyncio.run(
-            unfinished_calls(args.address, calls=20, declared=1_000_000, unfinished=1000, seconds=args.seconds)
+            unfinished_calls(
+                args.address, calls=20, declared=1_000_000, unfinished=1000, seconds=args.seconds, path=path
+            )
         )
     print(json.dumps({"calls": report.calls, "statuses": dict(report.statuses)}))
     return 0

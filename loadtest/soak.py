@@ -16,7 +16,10 @@ Worker tasks keep it busy with a random mix of scenarios, each with the outcome 
 * Hostile clients (``loadtest/hostile.py``): ``unfinished`` Classify calls that never complete their
   message (refused at the headers or ended, never OK), ``empty chunks`` that do not keep a stream alive
   (DEADLINE_EXCEEDED), a ``fast`` sender held to 4x real time past its burst (OK, every window), a
-  ``rapid reset`` burst, and a ``long name`` of 1 MB (INVALID_ARGUMENT with a short message).
+  ``fast file`` declared fast (OK with every window, or RESOURCE_EXHAUSTED when the fast-stream budget is
+  full), ``unfinished oip`` ModelInfer calls (as ``unfinished``), a ``slow body`` to the OIP REST route
+  (429 at its headers, or 408 once admitted), a ``rapid reset`` burst, and a ``long name`` of 1 MB
+  (INVALID_ARGUMENT with a short message).
 
 Meanwhile a publisher adds a new model version every few seconds (and now and then a broken one, which
 must be refused) and prunes old ones, so streams run across reloads. The server's RSS and open file
@@ -54,6 +57,7 @@ if str(REPO) not in sys.path:  # `python loadtest/soak.py` as well as `python -m
 from hark.core.audio import encode_pcm  # noqa: E402
 from hark.core.model_store import MODEL_FILE  # noqa: E402
 from hark.v1 import hark_pb2, hark_pb2_grpc  # noqa: E402
+from loadtest.hostile import slow_bodies  # noqa: E402
 from loadtest.server_process import SERVER_ARGV, hark_env, open_fds, rss_bytes  # noqa: E402
 from tests.fixtures_models import noise, publish_tiny, quiet  # noqa: E402
 
@@ -77,6 +81,8 @@ class ServerProcess:
     events: Counter[str] = field(default_factory=Counter)
     log_bytes: int = 0  # everything the server wrote to stderr
     metrics_url: str = ""  # the /metrics address, when the server serves one
+    websocket_port: int | None = None  # when the server serves the WebSocket port
+    oip_http_port: int | None = None  # when the server serves the OIP REST port
     _drain: asyncio.Task[None] | None = None
 
     @classmethod
@@ -94,6 +100,8 @@ class ServerProcess:
             if str(entry.get("event", "")).startswith("listening on "):
                 server.address = str(entry["address"])
                 server.metrics_url = str(entry.get("metrics") or "")
+                server.websocket_port = entry.get("websocket")
+                server.oip_http_port = entry.get("oip_http")
         server._drain = asyncio.get_running_loop().create_task(server._read_logs())
         return server
 
@@ -384,6 +392,39 @@ async def scenario_fast(stub: hark_pb2_grpc.ClassifierStub, rng: random.Random) 
     return Outcome("fast", code == OK and scores == want, code.name, f"{scores} scores for {want} windows")
 
 
+async def scenario_fast_file(stub: hark_pb2_grpc.ClassifierStub, rng: random.Random) -> Outcome:
+    """40 s of audio declared ``fast``, in 6 s chunks as fast as possible: served from the bulk budget, never
+    paced (OK, every window), or refused at once when ``max_fast_streams`` are running."""
+    samples = noise(40.0, seed=rng.randrange(1 << 30))
+    requests = [config(emit_scores=True, fast=True), *chunks(samples, 6.0)]
+    call = stub.StreamClassify(_requests(requests, 0.0), timeout=60)
+    scores = 0
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for response in call:
+            scores += response.WhichOneof("response") == "scores"
+    code, details = await call.code(), await call.details() or ""
+    want = expected_windows(samples.size)
+    full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "concurrent fast streams" in details
+    return Outcome("fast file", (code == OK and scores == want) or full, code.name, f"{scores} of {want}; {details}")
+
+
+async def scenario_unfinished_oip(address: str, rng: random.Random) -> Outcome:
+    """20 OIP ModelInfer calls declaring 1 MB each, never finished: refused at their headers or ended."""
+    report = await _attack("unfinished-oip", address, rng.uniform(0.2, 0.6))
+    statuses: dict[str, int] = report.get("statuses", {})
+    bad = {k: v for k, v in statuses.items() if k not in ("4", "8")}  # DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+    ok = bool(report) and not bad
+    return Outcome("unfinished oip", ok, "bounded" if ok else "unexpected", str(statuses))
+
+
+async def scenario_slow_body(rest_port: int, rng: random.Random) -> Outcome:
+    """4 OIP REST infer requests declaring 1 MB, sending 10 kB and stalling: 429 at their headers past the
+    clip slots, 408 after ``request_timeout_s`` once admitted; never read whole, never 5xx."""
+    statuses = await slow_bodies("127.0.0.1", rest_port, requests=4, declared=1_000_000, sent=10_000, wait_s=6.0)
+    ok = set(statuses) <= {408, 429}
+    return Outcome("slow body", ok, "bounded" if ok else "unexpected", str(dict(statuses)))
+
+
 async def scenario_reset(address: str, rng: random.Random) -> Outcome:
     """A short HTTP/2 rapid-reset burst (calls opened and reset at once)."""
     calls = int((await _attack("rapid-reset", address, 0.3)).get("calls", 0))
@@ -438,6 +479,9 @@ SCENARIOS: list[tuple[str, float]] = [
     ("fast", 0.01),
     ("rapid reset", 0.01),
     ("long name", 0.01),
+    ("fast file", 0.01),
+    ("unfinished oip", 0.01),
+    ("slow body", 0.01),
 ]
 
 
@@ -562,7 +606,12 @@ async def _sampler(server: ServerProcess, stop: asyncio.Event, report: Report, w
 
 
 async def _worker(
-    address: str, stop: asyncio.Event, rng: random.Random, report: Report, on_outcome: Callable[[Outcome], None]
+    address: str,
+    rest_port: int,
+    stop: asyncio.Event,
+    rng: random.Random,
+    report: Report,
+    on_outcome: Callable[[Outcome], None],
 ) -> None:
     names = [n for n, _ in SCENARIOS]
     weights = [w for _, w in SCENARIOS]
@@ -592,6 +641,12 @@ async def _worker(
                 outcome = await scenario_reset(address, rng)
             elif name == "long name":
                 outcome = await scenario_long_name(stub, rng)
+            elif name == "fast file":
+                outcome = await scenario_fast_file(stub, rng)
+            elif name == "unfinished oip":
+                outcome = await scenario_unfinished_oip(address, rng)
+            elif name == "slow body":
+                outcome = await scenario_slow_body(rest_port, rng)
             else:
                 outcome = await scenario_stalled(address, rng)
             on_outcome(outcome)
@@ -620,7 +675,10 @@ async def soak(
             max_streams=workers + 8,
             max_chunk_bytes=200_000,
             shutdown_grace_s=10,
+            oip_http_port=0,  # the slow-body scenario's REST route
+            request_timeout_s=2.0,  # an admitted request that never arrives whole is ended within a scenario
         )
+        assert server.oip_http_port
         stop = asyncio.Event()
         started = time.monotonic()
 
@@ -632,7 +690,9 @@ async def soak(
                 report.unexpected.append(outcome)
 
         tasks = [
-            asyncio.create_task(_worker(server.address, stop, random.Random(rng.random()), report, record))
+            asyncio.create_task(
+                _worker(server.address, server.oip_http_port, stop, random.Random(rng.random()), report, record)
+            )
             for _ in range(workers)
         ]
         tasks.append(asyncio.create_task(_publisher(root, stop, publish_every_s, random.Random(seed + 1), report)))

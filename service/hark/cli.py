@@ -288,7 +288,12 @@ def _add_builtin_commands(commands: argparse._SubParsersAction[argparse.Argument
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stream.add_argument("path", metavar="FILE", help="audio file; '-' streams stdin as it arrives")
-    stream.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    stream.add_argument(
+        "--fast",
+        action="store_true",
+        help="send as fast as possible instead of in real time; the server serves such streams from its bulk "
+        "budget (a few at a time, HARK_MAX_FAST_STREAMS) and may refuse one with RESOURCE_EXHAUSTED",
+    )
     stream.add_argument(
         "--raw",
         action="store_true",
@@ -642,6 +647,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 version=args.model_version,
                 encoding=feed.encoding,
                 realtime=not args.fast,
+                fast=args.fast,
                 emit_scores=args.scores,
                 class_thresholds=dict(args.class_threshold),
                 sensitivity=args.sensitivity,

@@ -91,9 +91,17 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         10.0, gt=0, description="Time a Classify request has to arrive whole, once admitted."
     )
-    # 2: a 4 MB clip (125 s at 16 kHz) costs about 60 MiB of RSS while it is decoded, featurised and scored.
+    # 2: a 4 MB clip (125 s at 16 kHz) costs about 32 MiB of RSS at peak while it is received, decoded,
+    # featurised and scored (48-52 MiB before its windows became views of its frames).
     max_clip_calls: int = Field(
         2, ge=1, description="Concurrent Classify calls (their own budget, apart from the live streams)."
+    )
+    # 2: each runs as fast as the model allows, with the capacity live streams leave (the batcher's bulk queue).
+    max_fast_streams: int = Field(
+        2,
+        ge=1,
+        description="Concurrent fast streams (StreamConfig.fast, hark stream --fast): files sent as fast as "
+        "the server reads them, served apart from live streams like Classify.",
     )
     audio_budget_bytes: int = Field(
         128 * 1024 * 1024,
@@ -103,13 +111,25 @@ class Settings(BaseSettings):
     clip_budget_bytes: int = Field(
         128 * 1024 * 1024,
         ge=1024 * 1024,
-        description="Memory for Classify clips in flight, apart from the streams'; full = RESOURCE_EXHAUSTED.",
+        description="Memory for Classify clips and fast streams' chunks in flight, apart from the live streams'; "
+        "full = RESOURCE_EXHAUSTED.",
     )
     max_realtime_factor: float = Field(
-        4.0, ge=0.0, description="How much faster than real time a stream may send, after its burst; 0 = unlimited."
+        4.0,
+        ge=0.0,
+        description="How much faster than real time a live stream may send, after its burst; 0 = unlimited "
+        "(fast streams are not paced).",
     )
     realtime_burst_s: float = Field(
         30.0, ge=0.0, description="Seconds of audio a stream may send at any speed before max_realtime_factor applies."
+    )
+    # gRPC core has no channel argument that answers an RST_STREAM flood with GOAWAY (README "Reliability and
+    # security"); a bounded connection age is the one of its limits that ends such a connection with GOAWAY.
+    max_connection_age_s: float = Field(
+        300.0,
+        gt=0,
+        description="A client connection older than this (+-10 % jitter) gets GOAWAY: new calls go to a new "
+        "connection, running ones finish (for up to max_stream_s). Ends a rapid-reset flood's connection.",
     )
     max_other_calls: int = Field(
         256, ge=1, description="Concurrent calls that are not classification (health watches, reflection)."

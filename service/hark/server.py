@@ -24,7 +24,6 @@ from grpc_reflection.v1alpha import reflection
 from hark.config import Settings
 from hark.core.model_store import ModelStore, RefreshReport
 from hark.logging import configure_logging, get_logger
-from hark.oip import inference_pb2_grpc
 from hark.process import connection_limit, open_fds, raise_fd_limit, rss_bytes
 from hark.security import SecurityError, TokenVerifier, load_tokens, tls_mode
 from hark.serving.admission import Admission
@@ -45,6 +44,7 @@ from hark.transports.grpc.servicer import SERVICE_NAME, ClassifierService, add_t
 from hark.transports.http_security import server_ssl_context, token_verifier
 from hark.transports.oip.grpc_service import SERVICE_NAME as OIP_SERVICE_NAME
 from hark.transports.oip.grpc_service import InferenceService
+from hark.transports.oip.grpc_service import add_to_server as add_oip_to_server
 from hark.transports.oip.plane import OipPlane
 from hark.transports.oip.rest import OipRest
 from hark.transports.websocket.server import WebSocketTransport
@@ -146,6 +146,7 @@ class RunningServer:
         return {
             "streams": self.admission.active_streams,
             "clips": self.admission.active_clips,
+            "fast_streams": self.admission.active_fast,
             "calls": self.admission.active_calls,
             "audio_in_flight_bytes": self.plane.budget.used,
             "clips_in_flight_bytes": self.plane.clip_budget.used,
@@ -221,16 +222,17 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     pool = BatcherPool(settings, observers=metrics.batch_observers)
     plane = DataPlane(settings, store, pool, metrics, AudioCapture.from_settings(settings))
     admission = Admission(
-        settings.max_streams, max_clips=settings.max_clip_calls, max_per_client=settings.max_streams_per_client
+        settings.max_streams,
+        max_clips=settings.max_clip_calls,
+        max_fast=settings.max_fast_streams,
+        max_per_client=settings.max_streams_per_client,
     )
     servicer = ClassifierService(plane, admission)
     metrics.active_streams.set_function(lambda: admission.active_streams)
     controller = Controller(plane)
     add_to_server(servicer, server)
     oip = OipPlane(plane, admission)
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceService(oip, metrics, settings.idle_timeout_s), server
-    )
+    add_oip_to_server(InferenceService(oip, metrics, settings.idle_timeout_s, settings.request_timeout_s), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
@@ -277,7 +279,14 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
             websocket = WebSocketTransport(plane, admission, http_verifier)
             await websocket.start(settings.host, settings.websocket_port, http_ssl)
         if settings.oip_http_port >= 0:
-            oip_rest = OipRest(oip, metrics, http_verifier, settings.auth_exempt_health, settings.max_message_bytes)
+            oip_rest = OipRest(
+                oip,
+                metrics,
+                http_verifier,
+                settings.auth_exempt_health,
+                settings.max_message_bytes,
+                settings.request_timeout_s,
+            )
             await oip_rest.start(settings.host, settings.oip_http_port, http_ssl)
     except OSError as e:
         for transport in (websocket, oip_rest):

@@ -37,12 +37,14 @@ from websockets.exceptions import ConnectionClosed
 from hark.core.audio import encode_pcm
 from hark.v1 import hark_pb2, hark_pb2_grpc
 from loadtest.hostile import (
+    MODEL_INFER,
     OWN_CONNECTION,
     NeighbourReport,
     RawH2,
     idle_connections,
     neighbour,
     rapid_resets,
+    slow_bodies,
     unfinished_calls,
 )
 from loadtest.soak import ServerProcess, expected_windows, refusal_status
@@ -139,6 +141,62 @@ async def test_unfinished_classify_calls_hold_no_memory(store: Path, auth: bool)
             assert codes[str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] >= 190, codes
             assert peak - before < RSS_BUDGET
         assert after - before < 32 * MiB
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["no-auth", "unauthenticated"])
+async def test_oip_requests_are_refused_or_admitted_at_their_headers(store: Path, auth: bool) -> None:
+    """OIP ``ModelInfer`` (gRPC) and REST ``infer`` read the whole body before admission. Now, as for
+    ``Classify``: 200 ModelInfer calls declaring 4,194,000 bytes and never finishing are refused at their
+    headers (RESOURCE_EXHAUSTED past ``max_clip_calls``, or UNAUTHENTICATED); 40 REST requests declaring
+    4,000,000 bytes, sending 64 kB and stalling get 429 at once past the clip slots (the admitted ones 408
+    after ``request_timeout_s``), or 401 at once without a token; a body declared over
+    ``max_message_bytes`` is 413 at once. RSS stays within the budget and the neighbour is served."""
+    settings: dict[str, object] = {"oip_http_port": 0, "request_timeout_s": 1.0}
+    metadata: tuple[tuple[str, str], ...] = ()
+    if auth:
+        settings["auth_tokens"] = TOKEN
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+    async with hostile_server(store, **settings) as server:
+        assert server.oip_http_port
+        alone = await baseline(server, metadata)
+        before = server.rss_bytes()
+        logged = server.log_bytes
+        (attack, beside), peak = await peak_rss_during(
+            server,
+            asyncio.gather(
+                unfinished_calls(server.address, calls=200, declared=4_194_000, seconds=2.5, path=MODEL_INFER),
+                neighbour(server.address, speech(), metadata=metadata),
+            ),
+        )
+        assert_served(beside, alone)
+        if auth:
+            assert attack.statuses == {str(grpc.StatusCode.UNAUTHENTICATED.value[0]): 200}
+        else:
+            assert attack.statuses[str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] >= 190, attack.statuses
+        # what a refused call could send: its window; the clip slots' two admitted calls (no-auth) are read
+        admitted = 0 if auth else 2 * 4_194_000
+        assert attack.bytes_in < admitted + attack.calls * 80 * 1024, attack.bytes_in
+
+        host = "127.0.0.1"
+        (statuses, too_big, beside), rest_peak = await peak_rss_during(
+            server,
+            asyncio.gather(
+                slow_bodies(host, server.oip_http_port, requests=40, declared=4_000_000),
+                slow_bodies(host, server.oip_http_port, requests=1, declared=5_000_000),
+                neighbour(server.address, speech(), metadata=metadata),
+            ),
+        )
+        assert_served(beside, alone)
+        if auth:
+            assert statuses == {401: 40}
+            assert too_big == {401: 1}  # the token first: nothing of an unauthenticated request is judged
+        else:
+            assert statuses[429] >= 38 and statuses[408] <= 2 and statuses[429] + statuses[408] == 40, statuses
+            assert too_big == {413: 1}
+        assert max(peak, rest_peak) - before < RSS_BUDGET
+        await asyncio.sleep(0.2)
+        # 241 refusals, their log lines sampled (at most 20 a second per transport): was a line each
+        assert server.log_bytes - logged < 32 * 1024, server.log_bytes - logged
 
 
 async def test_health_watches_are_capped(store: Path) -> None:
@@ -252,8 +310,9 @@ async def test_fast_senders_do_not_delay_a_live_stream(store: Path) -> None:
 async def test_classify_loops_do_not_delay_a_live_stream(store: Path) -> None:
     """8 clients classifying 4 MB clips (125 s of audio) in a loop. Before: peak RSS +1.4 GB and the
     neighbour 12-25 s late. Now at most ``max_clip_calls`` (2) clips run at once, the rest are refused with
-    RESOURCE_EXHAUSTED at their headers, and each clip's windows take turns with the live streams'. One
-    such clip costs about 60 MiB of RSS while it is scored, so the stated budget is 160 MiB."""
+    RESOURCE_EXHAUSTED at their headers, and each clip's windows wait for the live streams' (the batcher's
+    bulk queue). One such clip costs about 32 MiB of RSS at peak while it is scored (48-52 MiB before its
+    windows became views), so the stated budget, 160 MiB, has room for the allocator's slack."""
     clip = encode_pcm(noise(125.0))[:4_000_000]
     request = hark_pb2.ClassifyRequest(sample_rate_hz=16_000, encoding=hark_pb2.PCM_S16LE, pcm=clip)
     async with hostile_server(store) as server:
@@ -282,6 +341,67 @@ async def test_classify_loops_do_not_delay_a_live_stream(store: Path) -> None:
         await asyncio.sleep(1.0)
         assert server.rss_bytes() - before < 160 * MiB
         assert peak - before < 160 * MiB
+
+
+async def _fast_stream(
+    address: str, samples: Any, *, hold: asyncio.Event | None = None, started: asyncio.Event | None = None
+) -> tuple[grpc.StatusCode, str, int, float]:
+    """A stream declared ``fast``: 1 s chunks as fast as the server reads them (after ``hold`` is set, once
+    the first chunk has been sent and ``started`` set). Its status, details, windows scored and wall time."""
+    pcm = encode_pcm(samples)
+    step = 32_000  # 1 s of 16 kHz int16
+
+    async def requests() -> AsyncIterator[hark_pb2.StreamRequest]:
+        config = hark_pb2.StreamConfig(sample_rate_hz=16_000, encoding=1, emit_scores=True, fast=True)
+        yield hark_pb2.StreamRequest(config=config)
+        for k, i in enumerate(range(0, len(pcm), step)):
+            if k == 1 and hold is not None:
+                await hold.wait()
+            yield hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=pcm[i : i + step]))
+
+    windows = 0
+    begun = time.monotonic()
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
+        call = hark_pb2_grpc.ClassifierStub(channel).StreamClassify(requests())
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for response in call:
+                kind = response.WhichOneof("response")
+                if kind == "started" and started is not None:
+                    started.set()
+                windows += kind == "scores"
+        return await call.code(), await call.details() or "", windows, time.monotonic() - begun
+
+
+async def test_fast_streams_are_served_apart_from_live_ones(store: Path) -> None:
+    """``hark stream --fast`` of a long file was read at 4x real time like any stream past its burst. Now a
+    stream that declares ``fast`` is served from the bulk budget: at most ``max_fast_streams`` at once (one
+    more is RESOURCE_EXHAUSTED with a retry hint, while live streams are still admitted), never paced (here
+    live streams are held to 1x real time from their first second, so a paced 30 s file would take 30 s),
+    and its windows are scored with the capacity the live streams leave, so the neighbour is on time."""
+    async with hostile_server(store, max_fast_streams=2, max_realtime_factor=1.0, realtime_burst_s=0.0) as server:
+        alone = await baseline(server)
+        hold = asyncio.Event()
+        started = [asyncio.Event(), asyncio.Event()]
+        holders = [asyncio.create_task(_fast_stream(server.address, noise(3.0), hold=hold, started=e)) for e in started]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 30)
+        code, details, _, _ = await _fast_stream(server.address, noise(3.0))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit of 2 concurrent fast streams" in details and "retry in 1 s" in details
+        hold.set()
+        assert [c for c, *_ in await asyncio.gather(*holders)] == [grpc.StatusCode.OK] * 2
+
+        files = [noise(30.0, seed=k) for k in range(2)]
+        before = server.rss_bytes()
+        (beside, *fast), peak = await peak_rss_during(
+            server,
+            asyncio.gather(neighbour(server.address, speech()), *(_fast_stream(server.address, f) for f in files)),
+        )
+        for (code, details, windows, wall_s), samples in zip(fast, files, strict=True):
+            assert code == grpc.StatusCode.OK, details
+            assert windows == expected_windows(samples.size)  # every window, none dropped for speed
+            assert wall_s < 15.0, wall_s  # not paced: 30 s of audio at 1x real time would take 30 s
+        assert_served(beside, alone)
+        assert peak - before < RSS_BUDGET
 
 
 # File descriptors -------------------------------------------------------------------------------------------
@@ -366,11 +486,13 @@ async def test_metadata_that_is_not_utf8_is_one_short_line(store: Path) -> None:
 
 
 async def test_a_rapid_reset_flood_is_bounded(store: Path) -> None:
-    """An HTTP/2 rapid-reset flood (CVE-2023-44487): before, 150 k resets in 15 s grew RSS by 96 MiB for good
-    and wrote a line per reset. gRPC 1.85 still sends no GOAWAY for it (no channel argument asks for one);
-    what the flood leaves in the log and in memory is bounded (refusal and cancellation lines are sampled),
-    and the neighbour is served."""
-    async with hostile_server(store) as server:
+    """An HTTP/2 rapid-reset flood (CVE-2023-44487): before, 150 k resets in 15 s grew RSS by 96 MiB for good,
+    wrote a line per reset and never got GOAWAY. gRPC core has no channel argument that answers resets with
+    GOAWAY; the connection age does (``max_connection_age_s``, 1 s here): the flood's connection ends in
+    GOAWAY and the attacker must reconnect, while the neighbour's stream, on a connection just as old,
+    finishes within its grace. What the flood leaves in the log and in memory is bounded (refusal and
+    cancellation lines are sampled)."""
+    async with hostile_server(store, max_connection_age_s=1.0) as server:
         alone = await baseline(server)
         before = server.rss_bytes()
         logged = server.log_bytes
@@ -382,6 +504,7 @@ async def test_a_rapid_reset_flood_is_bounded(store: Path) -> None:
         assert server.log_bytes - logged < 256 * 1024, server.log_bytes - logged
         assert_served(beside, alone)
         assert attack.calls > 1000
+        assert attack.goaways >= 1 and attack.connections >= 2, (attack.goaways, attack.connections)
 
 
 # Signals ----------------------------------------------------------------------------------------------------
@@ -559,3 +682,51 @@ async def test_empty_websocket_frames_do_not_hold_a_slot(start_hark: StartHark, 
         assert errors == ["DEADLINE_EXCEEDED"]
         assert ws.close_code == 4408
     assert h.running.admission.active_streams == 0
+
+
+async def _ws_open(port: int, token: str, source: str) -> tuple[Any, dict[str, Any]]:
+    """A WebSocket stream from ``source`` (a loopback address of this host) with ``token`` in its header;
+    the connection and the server's first message (``started`` or ``error``)."""
+    ws = await ws_connect(
+        f"ws://127.0.0.1:{port}/v1/stream",
+        additional_headers={"Authorization": f"Bearer {token}"},
+        local_addr=(source, 0),
+    )
+    await ws.send(json.dumps({"config": {"sample_rate_hz": 16000, "encoding": "PCM_S16LE"}}))
+    return ws, json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+async def test_websocket_streams_are_limited_per_peer_and_per_token(store: Path) -> None:
+    """WebSocket streams were counted only in ``max_streams``: one client could take every slot. Now, as on
+    gRPC, ``max_streams_per_client`` holds per peer address and per token: a third stream from the same
+    address or with the same token is refused (RESOURCE_EXHAUSTED, close 4429, a retry hint); another
+    address with another token is served, and so is the gRPC neighbour."""
+    tokens = [f"{TOKEN}-{k}" for k in range(3)]
+    async with hostile_server(
+        store, websocket_port=0, max_streams_per_client=2, auth_tokens=",".join(tokens)
+    ) as server:
+        port = server.websocket_port
+        assert port
+        metadata = (("authorization", f"Bearer {tokens[2]}"),)
+        alone = await baseline(server, metadata)
+        task = asyncio.create_task(neighbour(server.address, speech(), metadata=metadata))
+        held = []
+        try:
+            for _ in range(2):
+                ws, first = await _ws_open(port, tokens[0], "127.0.0.1")
+                held.append(ws)
+                assert "started" in first, first
+            refused = []
+            for token, source in ((tokens[0], "127.0.0.1"), (tokens[1], "127.0.0.1"), (tokens[0], "127.0.0.2")):
+                ws, first = await _ws_open(port, token, source)  # same token, same address, or both
+                with contextlib.suppress(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                refused.append((first["error"]["code"], ws.close_code, "retry_after_ms" in first["error"]))
+            assert refused == [("RESOURCE_EXHAUSTED", 4429, True)] * 3
+            ws, first = await _ws_open(port, tokens[1], "127.0.0.2")  # another address, another token
+            held.append(ws)
+            assert "started" in first, first
+        finally:
+            for ws in held:
+                await ws.close()
+        assert_served(await task, alone)

@@ -94,6 +94,34 @@ async def test_windows_arriving_while_the_worker_is_busy_form_the_next_batch(exe
     await batcher.close()
 
 
+async def test_bulk_windows_wait_for_live_ones_and_fill_the_room_they_leave(executor: ThreadPoolExecutor) -> None:
+    """Clips and fast streams submit ``bulk``: a batch takes every queued live window first, however late it
+    came, and fills the rest with bulk ones; with no live window queued, bulk windows run on their own."""
+    running, release = threading.Event(), threading.Event()
+    batches: list[list[float]] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        batches.append([float(v) for v in batch[:, 0, 0]])
+        running.set()
+        release.wait(5)
+        return batch[:, 0, :1]
+
+    batcher = Batcher(run, executor=executor, max_batch=4, max_delay_s=0.0, workers=1)
+    first = asyncio.ensure_future(batcher.submit(window(0)))
+    await asyncio.to_thread(running.wait, 5)  # the first batch holds the only worker
+    bulk = asyncio.ensure_future(batcher.submit_many([window(100 + i) for i in range(6)], bulk=True))
+    await asyncio.sleep(0.01)
+    live = asyncio.ensure_future(batcher.submit_many([window(1), window(2)]))
+    await asyncio.sleep(0.01)
+    assert batcher.queued == 8
+    release.set()
+    assert [float(r[0]) for r in await live] == [1, 2]
+    assert [float(r[0]) for r in await bulk] == [100 + i for i in range(6)]
+    await first
+    assert batches == [[0], [1, 2, 100, 101], [102, 103, 104, 105]]
+    await batcher.close()
+
+
 async def test_an_error_fails_exactly_that_batch(executor: ThreadPoolExecutor) -> None:
     run = Recorder()
     batcher = Batcher(run, executor=executor, max_batch=2, max_delay_s=0.05)

@@ -313,6 +313,17 @@ def test_envoy_limits_connections_and_requests() -> None:
     assert hcm().http2_protocol_options.max_concurrent_streams > 0
 
 
+def test_envoy_closes_rapid_reset_connections_and_serves_one_request_per_io_cycle() -> None:
+    """HTTP/2 rapid reset (CVE-2023-44487): Hark's gRPC port has no guard that answers a reset flood with
+    GOAWAY (README "Reliability and security"); Envoy in front has, and its runtime says so explicitly."""
+    (layer,) = envoy_dict()["layered_runtime"]["layers"]
+    runtime = layer["static_layer"]
+    assert runtime["http.max_requests_per_io_cycle"] == 1
+    assert 0 < runtime["overload.premature_reset_total_stream_count"] <= 1000
+    assert runtime["overload.premature_reset_min_stream_lifetime_seconds"] >= 1
+    assert bootstrap().layered_runtime.layers[0].static_layer  # a valid typed Bootstrap field
+
+
 # ========================================================================================= Dockerfile
 
 

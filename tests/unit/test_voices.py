@@ -4,22 +4,29 @@ where the keyword is, and the manifest says where every clip came from and under
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hark_training import voices
+from hark_training import engines, voices
 from hark_training.channel import ChannelConfig, degrade, telephone, vocal_tract
 from hark_training.data import CLIP_SAMPLES, KEYWORDS, build_dataset, read_manifest
 from hark_training.engines import (
+    DECTALK_LICENCE,
+    GNUSPEECH_LICENCE,
+    KOKORO_LICENCE,
     RESERVED_VOICES,
     EngineError,
     EngineVoice,
     Prosody,
     check_allowed,
     installed_voices,
+    kokoro_phonemes,
+    kokoro_style,
     speak,
 )
 
@@ -44,14 +51,114 @@ def test_non_commercial_licences_are_recognised() -> None:
     assert not EngineVoice("pico", "en-US", "Apache-2.0").non_commercial
 
 
-@pytest.mark.parametrize("engine", ["mbrola", "rhvoice", "pico", "piper"])
-def test_each_installed_engine_says_a_keyword(engine: str) -> None:
+ALL_ENGINES = ["mbrola", "rhvoice", "pico", "piper", "dectalk", "gnuspeech", "kokoro"]
+NEW_ENGINES = ["dectalk", "gnuspeech", "kokoro"]
+
+
+def _voices_of(engine: str) -> list[EngineVoice]:
     found = installed_voices((engine,))
     if not found:
-        pytest.skip(f"{engine} is not installed (make system-deps-voices)")
-    audio = speak(found[0], "stop", Prosody(rate=1.1, pitch=0.9))
+        pytest.skip(f"{engine} is not installed (make system-deps-voices; pip install -e '.[voices]')")
+    return found
+
+
+def _spoken_seconds(audio: np.ndarray) -> float:
+    """Seconds between the first and last sample above -34 dBFS: how long the word itself lasts."""
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    return float(loud[-1] - loud[0]) / 16_000 if loud.size else 0.0
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+def test_each_installed_engine_says_a_keyword(engine: str) -> None:
+    audio = speak(_voices_of(engine)[0], "stop", Prosody(rate=1.1, pitch=0.9))
     assert 0.15 < audio.size / 16_000 < 2.0
     assert np.abs(audio).max() > 0.05
+
+
+def _sounds_like_a_word(audio: np.ndarray, what: str) -> None:
+    assert np.isfinite(audio).all(), what
+    assert 0.15 < _spoken_seconds(audio) < 1.0, what
+    assert np.sqrt(np.mean(audio**2)) > 0.01, what
+
+
+@pytest.mark.parametrize("engine", NEW_ENGINES)
+def test_every_voice_of_the_new_engines_says_a_keyword_and_each_is_a_different_speaker(engine: str) -> None:
+    voices_ = _voices_of(engine)
+    for word in ("yes", "stop"):
+        _sounds_like_a_word(speak(voices_[0], word, Prosody()), f"{voices_[0].name} {word}")
+    said = {v.voice: speak(v, "left", Prosody()) for v in voices_}
+    for name, audio in said.items():
+        _sounds_like_a_word(audio, f"{name} left")
+    first = said[voices_[0].voice]
+    for name, audio in list(said.items())[1:]:
+        assert audio.size != first.size or not np.allclose(audio, first, atol=1e-3), name
+
+
+@pytest.mark.parametrize("engine", NEW_ENGINES)
+def test_rate_changes_how_long_a_new_engine_speaks(engine: str) -> None:
+    voice = _voices_of(engine)[0]
+    text = "the house over there was quiet"
+    slow, fast = speak(voice, text, Prosody(rate=0.75)), speak(voice, text, Prosody(rate=1.3))
+    assert _spoken_seconds(fast) < 0.9 * _spoken_seconds(slow)
+
+
+def test_new_engines_record_their_licences_and_dectalk_is_not_for_commercial_use() -> None:
+    assert EngineVoice("dectalk", "paul", DECTALK_LICENCE).non_commercial
+    assert not EngineVoice("gnuspeech", "male", GNUSPEECH_LICENCE).non_commercial
+    assert not EngineVoice("kokoro", "jm_kumo", KOKORO_LICENCE).non_commercial
+    for engine in NEW_ENGINES:
+        for v in installed_voices((engine,)):
+            assert v.licence == {"dectalk": DECTALK_LICENCE, "gnuspeech": GNUSPEECH_LICENCE}.get(engine, KOKORO_LICENCE)
+
+
+def test_a_gnuspeech_failure_is_an_engine_error_and_the_engine_keeps_working() -> None:
+    voice = _voices_of("gnuspeech")[0]
+    with pytest.raises(EngineError):
+        speak(EngineVoice("gnuspeech", "robot", GNUSPEECH_LICENCE), "yes")
+    assert speak(voice, "yes").size > 0
+
+
+def test_a_gnuspeech_server_that_stops_answering_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    voice = _voices_of("gnuspeech")[0]
+    assert speak(voice, "yes").size > 0
+    server = engines._GNUSPEECH._proc
+    assert server is not None
+    monkeypatch.setattr(engines, "GNUSPEECH_TIMEOUT_S", 1.0)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(EngineError, match="no answer"):
+            speak(voice, "yes")
+        assert server.poll() is not None  # killed and reaped, not left behind
+        assert speak(voice, "stop").size > 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")
+def test_kokoro_hears_espeak_ng_phonemes_in_its_own_symbols() -> None:
+    assert kokoro_phonemes("yes") == "jˈɛs."  # noqa: RUF001
+    assert kokoro_phonemes("stop") == "stˈɑp."  # noqa: RUF001
+    assert kokoro_phonemes("left") == "lˈɛft."  # noqa: RUF001
+    assert kokoro_phonemes("no?").endswith("?") and kokoro_phonemes("go,").endswith(",")
+    # Diphthongs and affricates are single symbols in Kokoro's set; no length marks or ties are left.
+    said = kokoro_phonemes("go right, down; boy, day. church judge bird water")
+    for symbol in ("O", "I", "W", "Y", "A", "ʧ", "ʤ", "ɜɹ", "T"):
+        assert symbol in said, symbol
+    assert not set("ː^") & set(said)  # noqa: RUF001
+    if installed_voices(("kokoro",)):
+        from hark_training.engines import _kokoro
+
+        assert set(said) <= set(_kokoro().vocab)
+
+
+def test_a_kokoro_blend_mixes_two_voices_style_vectors() -> None:
+    styles = {"a": np.zeros((4, 1, 2), np.float32), "b": np.ones((4, 1, 2), np.float32)}
+    assert np.allclose(kokoro_style("a+b@0.25", styles), 0.25)
+    assert kokoro_style("b", styles) is styles["b"]
+    for bad in ("c", "a+c@0.5", "a+b", "a+b@x"):
+        with pytest.raises(EngineError):
+            kokoro_style(bad, styles)
 
 
 def test_a_keyword_sentence_holds_the_keyword_once_and_free_speech_holds_none() -> None:
@@ -90,8 +197,9 @@ def test_engines_are_held_out_whole() -> None:
 
 def test_commercial_only_leaves_out_non_commercial_voices() -> None:
     config = voices.VoicesConfig(words_per_engine=20, sentences_per_engine=10, stream_minutes=0, commercial_only=True)
-    specs = voices.plan(config, ("mbrola", "rhvoice", "pico"), seed=0)
+    specs = voices.plan(config, ("mbrola", "rhvoice", "pico", "dectalk", "gnuspeech", "kokoro"), seed=0)
     assert not any(s.voice.non_commercial for s in specs)
+    assert not any(s.voice.engine == "dectalk" for s in specs)
 
 
 def test_the_merged_manifest_still_reads_and_records_engine_and_licence(tmp_path: Path) -> None:

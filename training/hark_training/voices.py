@@ -63,6 +63,7 @@ from hark_training.engines import (
     EngineVoice,
     Prosody,
     installed_voices,
+    prepare,
     speak,
 )
 from hark_training.noise import NOISE_KINDS, make_noise, mix_at_snr, power
@@ -304,8 +305,9 @@ def split_of_engine(engine: str, config: VoicesConfig) -> str:
     return "train"
 
 
-ENGINE_SCALE: dict[str, float] = {"espeak-ng": 0.5, "piper": 0.3}
-"""Share of the per-engine counts: espeak-ng already fills the word data set; Piper costs 20x the others."""
+ENGINE_SCALE: dict[str, float] = {"espeak-ng": 0.5, "piper": 0.3, "kokoro": 0.3}
+"""Share of the per-engine counts: espeak-ng already fills the word data set; Piper and Kokoro (neural models on
+the CPU, Kokoro about 0.8 s of CPU per word) cost 20-40x the rule-based engines per text."""
 HELD_OUT_SCALE = 0.4
 """Held-out engines need enough to measure on, not to train on."""
 
@@ -615,6 +617,7 @@ def build_voices(
     if unknown:
         raise RuntimeError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     specs = plan(config, engines, seed)
+    prepare(tuple(engines))
     # Streams are the slowest: start them first so both workers stay busy to the end.
     specs.sort(key=lambda s: not s.kind.startswith("stream"))
     job = partial(render, out_dir=Path(out_dir))
@@ -713,7 +716,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--commercial-only",
         action="store_true",
-        help="leave out voices whose licence forbids commercial use (MBROLA, two RHVoice voices)",
+        help="leave out voices whose licence forbids commercial use (MBROLA, DECtalk, two RHVoice voices)",
     )
 
 
@@ -756,8 +759,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "voices",
         help="add other speech engines' words, running speech and streams to a built data set",
         description="Speak the keywords, sentences and keyword-free running speech with MBROLA, RHVoice, "
-        "SVOX Pico, Piper and espeak-ng voices, and add them to the manifest of a data set made by "
-        "'hark data build'. Whole engines are held out for validation and test.",
+        "SVOX Pico, Piper, DECtalk, GnuSpeech, Kokoro and espeak-ng voices, and add them to the manifest of a "
+        "data set made by 'hark data build'. Whole engines are held out for validation and test.",
     )
     voices.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="the built data set (default: %(default)s)"

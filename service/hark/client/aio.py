@@ -140,13 +140,19 @@ class AsyncHarkClient:
         realtime: bool = True,
         emit_scores: bool = False,
         timeout: float | None = None,
+        fast: bool = False,
     ) -> AsyncIterator[StreamItem]:
         """Stream audio and yield the server's answers as they come; see ``HarkClient.stream``.
 
         Leaving the ``async for`` early (``break``, cancellation) cancels the call.
         """
         first = config_request(
-            sample_rate=sample_rate, model=model, version=version, encoding=encoding, emit_scores=emit_scores
+            sample_rate=sample_rate,
+            model=model,
+            version=version,
+            encoding=encoding,
+            emit_scores=emit_scores,
+            fast=fast,
         )
         if isinstance(audio, (str, Path)):
             audio = await asyncio.to_thread(read_clip, audio, sample_rate)

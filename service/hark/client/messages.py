@@ -47,8 +47,10 @@ def config_request(
     class_thresholds: Mapping[str, float] | None = None,
     sensitivity: float = 0.0,
     allowed_classes: Sequence[str] = (),
+    fast: bool = False,
 ) -> hark_pb2.StreamRequest:
-    """A stream's first message; the last three are its detection settings (``StreamConfig`` fields 7-9)."""
+    """A stream's first message; ``class_thresholds``, ``sensitivity`` and ``allowed_classes`` are its
+    detection settings (``StreamConfig`` fields 7-9); ``fast`` declares a file sent as fast as possible."""
     check_sample_rate(sample_rate)
     config = hark_pb2.StreamConfig(
         model=model,
@@ -59,6 +61,7 @@ def config_request(
         class_thresholds=dict(class_thresholds or {}),
         sensitivity=sensitivity,
         allowed_classes=list(allowed_classes),
+        fast=fast,
     )
     return hark_pb2.StreamRequest(config=config)
 

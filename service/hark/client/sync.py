@@ -169,6 +169,7 @@ class HarkClient:
         class_thresholds: Mapping[str, float] | None = None,
         sensitivity: float = 0.0,
         allowed_classes: Sequence[str] = (),
+        fast: bool = False,
     ) -> Generator[StreamItem, None, None]:
         """Stream audio and yield what the server answers: one :class:`StreamStarted`, then
         :class:`HopScores` (with ``emit_scores``) and :class:`Detection` events as they come.
@@ -178,7 +179,9 @@ class HarkClient:
         ``realtime`` the chunks are sent no faster than their audio lasts. After the last chunk the client
         half-closes and keeps yielding until the server ends the call, so the final events are not lost.
         Closing the iterator early (``break``, Ctrl-C) cancels the call. ``class_thresholds``, ``sensitivity``
-        and ``allowed_classes`` change detection for this stream (``StreamConfig`` in the proto).
+        and ``allowed_classes`` change detection for this stream (``StreamConfig`` in the proto). ``fast``
+        (with ``realtime=False``) declares a file, not live audio: the server serves it from its bulk budget,
+        unpaced, or refuses it with ``RESOURCE_EXHAUSTED`` when that budget is full.
         """
         first = config_request(
             sample_rate=sample_rate,
@@ -189,6 +192,7 @@ class HarkClient:
             class_thresholds=class_thresholds,
             sensitivity=sensitivity,
             allowed_classes=allowed_classes,
+            fast=fast,
         )
         if isinstance(audio, (str, Path)):
             audio = read_clip(audio, sample_rate)

@@ -4,7 +4,11 @@ One object per server, shared by every transport, so ``max_streams`` and a drain
 whichever wire a call came in on. Three bounds apply before a call may read any audio:
 
 * ``max_streams``: live streams and ``Classify`` calls together (a clip holds a slot like a stream);
-* ``max_clips``: ``Classify`` calls, their own smaller budget, so clips never crowd out live streams;
+* ``max_clips``: ``Classify`` calls (gRPC, OIP ``ModelInfer`` and REST ``infer``), their own smaller
+  budget, so clips never crowd out live streams;
+* ``max_fast``: fast streams (a file sent as fast as the server takes it, declared in the stream's
+  config), the same kind of small budget: with the clips they are the server's bulk work, scored only with
+  the capacity live streams leave (:class:`~hark.serving.batcher.Batcher`'s bulk queue);
 * ``max_per_client``: streams and clips per client key. A transport names the keys of a call (its
   connection, its bearer token), so one connection or one token cannot take every slot.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -27,15 +32,33 @@ def _busy(what: str) -> Refusal:
     )
 
 
+def client_keys(peer: str, token: str | None = None) -> tuple[str, ...]:
+    """What a call counts against ``max_per_client``: its peer (a connection, or an address) and its bearer
+    token, as a digest: the token itself is never kept."""
+    keys = [f"peer:{peer}"]
+    if token is not None:
+        keys.append("token:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16])
+    return tuple(keys)
+
+
 class Admission:
     """Counts streams (for ``max_streams``) and all classification calls (which a drain waits for)."""
 
-    def __init__(self, max_streams: int, *, max_clips: int | None = None, max_per_client: int | None = None) -> None:
+    def __init__(
+        self,
+        max_streams: int,
+        *,
+        max_clips: int | None = None,
+        max_fast: int | None = None,
+        max_per_client: int | None = None,
+    ) -> None:
         self.max_streams = max_streams
         self.max_clips = max_clips if max_clips is not None else max_streams
+        self.max_fast = max_fast if max_fast is not None else max_streams
         self.max_per_client = max_per_client if max_per_client is not None else max_streams
         self.active_streams = 0
         self.active_clips = 0
+        self.active_fast = 0
         self.active_calls = 0
         self.draining = False
         self.per_client: Counter[str] = Counter()
@@ -83,6 +106,22 @@ class Admission:
                 yield
             finally:
                 self.active_clips -= 1
+
+    @contextlib.contextmanager
+    def fast(self) -> Iterator[None]:
+        """Hold a fast-stream slot for the ``with`` block, inside the stream's own slot (:meth:`stream`):
+        taken once its config says ``fast``."""
+        self.check_open()
+        if self.active_fast >= self.max_fast:
+            raise _busy(
+                f"server is at its limit of {self.max_fast} concurrent fast streams "
+                "(send in real time without fast, or retry)"
+            )
+        self.active_fast += 1
+        try:
+            yield
+        finally:
+            self.active_fast -= 1
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:

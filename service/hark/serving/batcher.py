@@ -6,6 +6,11 @@ thread. While every worker is busy the queue fills, so the next batch is bigger:
 by themselves. An exception in a batch fails exactly that batch's callers (as :class:`InferenceError`);
 the batcher carries on.
 
+Two queues, one model: live windows (streams in real time) and bulk windows (``Classify`` clips and
+``fast`` streams, submitted with ``bulk=True``). A batch takes live windows first and fills what room is
+left with bulk ones, so bulk work uses the capacity live streams leave and never makes a live window wait
+longer than the one batch already running.
+
 :class:`BatcherPool` keeps one :class:`Batcher` per loaded model version, made on first use and
 closed once the version has left the store and no stream or request still holds it.
 """
@@ -111,6 +116,7 @@ class Batcher:
         # Bounded: when it is full, submitters wait (in ``_room``), which pushes back on their clients
         # through gRPC flow control instead of letting memory grow.
         self._pending: deque[_Item] = deque()
+        self._bulk: deque[_Item] = deque()  # after every live window (hostile clients: bulk never delays live)
         self._room: deque[asyncio.Future[None]] = deque()
         self._running: dict[asyncio.Future[FloatArray], list[_Item]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -122,34 +128,35 @@ class Batcher:
         """One ``(frames, n_mels)`` window in, its ``(n_classes,)`` probabilities out."""
         return (await self.submit_many((window,)))[0]
 
-    async def submit_many(self, windows: Sequence[FloatArray]) -> list[FloatArray]:
-        """Several windows at once, so they can share a batch; results in the same order."""
+    async def submit_many(self, windows: Sequence[FloatArray], *, bulk: bool = False) -> list[FloatArray]:
+        """Several windows at once, so they can share a batch; results in the same order. ``bulk`` windows
+        (clips, fast streams) wait until no live window is queued, or fill a live batch's spare room."""
         if not windows:
             return []
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
                 raise InferenceError(f"batcher for {self.name} is closed")
-            if not self._pending or len(self._pending) + len(windows) <= self.max_queue:
+            if not self.queued or self.queued + len(windows) <= self.max_queue:
                 break
             waiter: asyncio.Future[None] = loop.create_future()
             self._room.append(waiter)
             await waiter
         group = _Group(loop.create_future(), [None] * len(windows), len(windows))
         now = time.perf_counter()
-        self._pending.extend(_Item(w, group, i, now) for i, w in enumerate(windows))
+        (self._bulk if bulk else self._pending).extend(_Item(w, group, i, now) for i, w in enumerate(windows))
         self._schedule()
         # Cancelling the caller cancels this future; its windows are then skipped, never run.
         return await group.future
 
     @property
     def idle(self) -> bool:
-        return not self._pending and not self._running
+        return not self._pending and not self._bulk and not self._running
 
     @property
     def queued(self) -> int:
-        """Windows waiting for a batch: never more than ``max_queue``; beyond it, submitters wait."""
-        return len(self._pending)
+        """Windows waiting for a batch, live and bulk: never more than ``max_queue``; beyond it, submitters wait."""
+        return len(self._pending) + len(self._bulk)
 
     def cancel(self) -> None:
         """Stop at once: queued and running windows fail with :class:`InferenceError`."""
@@ -158,8 +165,9 @@ class Batcher:
             self._timer.cancel()
             self._timer = None
         error = InferenceError(f"batcher for {self.name} closed")
-        _fail(self._pending, error)
-        self._pending.clear()
+        for queue in (self._pending, self._bulk):
+            _fail(queue, error)
+            queue.clear()
         for future, batch in self._running.items():
             _fail(batch, error)
             future.cancel()  # a batch already on a worker runs to its end; nobody waits for it
@@ -172,14 +180,15 @@ class Batcher:
 
     def _schedule(self) -> None:
         """Start every batch that is due while a worker is free; else time the oldest window's wait."""
-        while self._pending and len(self._running) < self.workers and not self._closed:
-            wait = self._pending[0].enqueued + self.max_delay_s - time.perf_counter()
-            if len(self._pending) < self.max_batch and wait > 0:
+        while self.queued and len(self._running) < self.workers and not self._closed:
+            oldest = (self._pending or self._bulk)[0]
+            wait = oldest.enqueued + self.max_delay_s - time.perf_counter()
+            if self.queued < self.max_batch and wait > 0:
                 if self._timer is None:
                     self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
                 return
             self._start_batch()
-            if self.inline and self._pending:
+            if self.inline and self.queued:
                 # One batch per turn of the loop: other streams' chunks run between the batches of a big
                 # submit (a long Classify clip) instead of waiting for all of them.
                 if not self._yielded:
@@ -197,11 +206,12 @@ class Batcher:
 
     def _start_batch(self) -> None:
         batch: list[_Item] = []
-        while self._pending and len(batch) < self.max_batch:
-            item = self._pending.popleft()
-            if not item.group.future.done():  # skip windows of cancelled or failed callers
-                batch.append(item)
-        self._wake(self.max_queue - len(self._pending))
+        for queue in (self._pending, self._bulk):  # live windows first; bulk ones fill the room left
+            while queue and len(batch) < self.max_batch:
+                item = queue.popleft()
+                if not item.group.future.done():  # skip windows of cancelled or failed callers
+                    batch.append(item)
+        self._wake(self.max_queue - self.queued)
         if not batch:
             return
         start = time.perf_counter()

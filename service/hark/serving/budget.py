@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from hark.serving.errors import RETRY_PUSHBACK_MS, Refusal
 
 # What one byte of PCM on the wire costs while it is processed: the bytes themselves (twice: gRPC's buffer
-# and the message), float32 samples (twice the int16 bytes), the resampled copy, log-Mel frames and the
-# windows cut from them (5 bytes per byte for the tiny and bundled models' 98-frame windows at a 10-frame
-# hop). Measured on a 4 MB int16 clip at 16 kHz: about 10 bytes per byte; rounded up.
+# and the message), float32 samples (twice the int16 bytes), the resampled copy, log-Mel frames and the FFT's
+# intermediates for a block of frames (the windows are views of the frames, not copies). Measured on a 4 MB
+# int16 clip at 16 kHz: about 12 bytes per byte when the windows were copied, about 8 since (server RSS
+# +32 MiB at peak); the figure keeps the margin.
 COST_PER_PCM_BYTE = 12
 
 

@@ -25,7 +25,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -304,10 +304,10 @@ class ModelInstruments:
                 child.inc()
         self._latency.observe(time.perf_counter() - arrived)
 
-    def clip(self, nbytes: int, windows: FloatArray, probabilities: FloatArray) -> None:
+    def clip(self, nbytes: int, windows: Sequence[FloatArray], probabilities: FloatArray) -> None:
         """One ``Classify`` clip: counted as one message, its windows feed the drift window."""
         self.chunk(nbytes)
-        self._windows.inc(windows.shape[0])
+        self._windows.inc(len(windows))
         self.drift.observe_windows(windows, probabilities)
 
 

@@ -59,6 +59,9 @@ class StreamOptions:
     encoding: str = PCM_S16LE
     emit_scores: bool = False
     channels: int = 1  # interleaved channels, mixed down to mono
+    # A file sent as fast as the server takes it (hostile clients): not paced to real time, served from
+    # the bulk budget (max_fast_streams, the clip memory budget, the batcher's bulk queue).
+    fast: bool = False
     detection: DetectionOverrides = field(default_factory=DetectionOverrides)
 
 
@@ -93,6 +96,7 @@ class StreamPipeline:
         *,
         budget: AudioBudget | None = None,
         pacer: RealTimePacer | None = None,
+        bulk: bool = False,
     ) -> None:
         self.session = session
         self.batcher = batcher
@@ -100,6 +104,7 @@ class StreamPipeline:
         self.capture = capture
         self.budget = budget  # None: unbounded (the control check's own clips)
         self.pacer = pacer  # None: any speed
+        self.bulk = bulk  # a fast stream: its windows wait for the live streams' (Batcher bulk queue)
         # A streaming version's state for this stream alone: zeros at the start of every stream.
         runner = session.model.runner
         self.state = StreamState(runner) if isinstance(runner, StreamingRunner) else None
@@ -144,7 +149,7 @@ class StreamPipeline:
             windows = [w for w in windows if not w.warmup]
         else:
             live = [w.features for w in windows if not w.gated]
-            probabilities = iter(await submit_fairly(self.batcher, live))
+            probabilities = iter(await submit_fairly(self.batcher, live, bulk=self.bulk))
         results = []
         for window in windows:
             p = self.session.gated_probabilities() if window.gated else next(probabilities)
@@ -163,27 +168,40 @@ class StreamPipeline:
         hop = self.state.runner.hop_frames
         scores = []
         for window in windows:
-            (out,) = await self.batcher.submit_many((self.state.load(window.features[-hop:]),))
+            (out,) = await self.batcher.submit_many((self.state.load(window.features[-hop:]),), bulk=self.bulk)
             p = self.state.update(out)
             if not window.warmup and not window.gated:
                 scores.append(p)
         return scores
 
 
-async def submit_fairly(batcher: Batcher, windows: Sequence[FloatArray]) -> list[FloatArray]:
+async def submit_fairly(batcher: Batcher, windows: Sequence[FloatArray], *, bulk: bool = False) -> list[FloatArray]:
     """Score ``windows`` through the shared batcher, at most one batch of them queued at a time.
 
     Hostile clients: a 1 MiB chunk (32 s of audio) or a long clip completes hundreds of windows at once;
     queued together they would make every other stream's next window wait behind all of them. A slice at a
-    time bounds one caller's backlog in the queue to ``max_batch`` windows, so streams take turns.
+    time bounds one caller's backlog in the queue to ``max_batch`` windows, so streams take turns. ``bulk``
+    (clips, fast streams): the slices go to the batcher's bulk queue, behind every live window.
     """
     step = batcher.max_batch
     if len(windows) <= step:
-        return await batcher.submit_many(windows) if windows else []
+        return await batcher.submit_many(windows, bulk=bulk) if windows else []
     out: list[FloatArray] = []
     for i in range(0, len(windows), step):
-        out += await batcher.submit_many(windows[i : i + step])
+        out += await batcher.submit_many(windows[i : i + step], bulk=bulk)
     return out
+
+
+# Windows stacked at a time for a streaming version's whole-clip scoring (a few MB, not the whole clip).
+CLIP_BLOCK_WINDOWS = 256
+
+
+def _run_windows_in_blocks(runner: StreamingRunner, windows: Sequence[FloatArray]) -> FloatArray:
+    blocks = [
+        runner.run_windows(np.stack(windows[i : i + CLIP_BLOCK_WINDOWS]))
+        for i in range(0, len(windows), CLIP_BLOCK_WINDOWS)
+    ]
+    return np.concatenate(blocks)
 
 
 class DataPlane:
@@ -203,9 +221,8 @@ class DataPlane:
         self.metrics = metrics
         self.capture = capture
         self.budget = AudioBudget(settings.audio_budget_bytes)  # live streams
-        self.clip_budget = AudioBudget(
-            settings.clip_budget_bytes, "Classify clips in flight"
-        )  # Classify, apart (hostile clients)
+        # Classify clips and fast streams: the bulk work, apart from the live streams (hostile clients)
+        self.clip_budget = AudioBudget(settings.clip_budget_bytes, "Classify clips and fast streams in flight")
 
     def resolve(self, name: str, version: int) -> LoadedModel:
         return self.store.resolve(name, version)
@@ -240,9 +257,15 @@ class DataPlane:
         capture = None
         if observed and self.capture is not None:
             capture = self.capture.stream(stream_id, session.sample_rate, session.encoding)
-        # Client traffic is paced and budgeted; the control check's own streams are not.
-        pacer = RealTimePacer(self.settings.max_realtime_factor, self.settings.realtime_burst_s) if observed else None
-        return self._leased(session, instruments, capture, self.budget if observed else None, pacer)
+        # Live client streams are paced and budgeted; a fast stream is budgeted as bulk work and not paced
+        # (its windows queue behind the live ones instead); the control check's own streams are neither.
+        pacer = None
+        budget = None
+        if observed:
+            budget = self.clip_budget if options.fast else self.budget
+            if not options.fast:
+                pacer = RealTimePacer(self.settings.max_realtime_factor, self.settings.realtime_burst_s)
+        return self._leased(session, instruments, capture, budget, pacer, options.fast)
 
     @contextmanager
     def _leased(
@@ -252,9 +275,10 @@ class DataPlane:
         capture: StreamCapture | None,
         budget: AudioBudget | None,
         pacer: RealTimePacer | None,
+        bulk: bool,
     ) -> Iterator[StreamPipeline]:
         with self.pool.lease(session.model) as batcher:
-            yield StreamPipeline(session, batcher, instruments, capture, budget=budget, pacer=pacer)
+            yield StreamPipeline(session, batcher, instruments, capture, budget=budget, pacer=pacer, bulk=bulk)
 
     async def classify(
         self,
@@ -290,10 +314,10 @@ class DataPlane:
         target = loaded.manifest.frontend.sample_rate
         windows = await asyncio.to_thread(lambda: clip_windows(resample(samples, rate, target), loaded))
         if isinstance(loaded.runner, StreamingRunner):  # each window from a zero state, its hops as batches
-            probabilities = await asyncio.to_thread(loaded.runner.run_windows, windows)
+            probabilities = await asyncio.to_thread(_run_windows_in_blocks, loaded.runner, windows)
         else:
             with self.pool.lease(loaded) as batcher:
-                probabilities = np.stack(await submit_fairly(batcher, list(windows)))
+                probabilities = np.stack(await submit_fairly(batcher, windows, bulk=True))
         instruments = self.metrics.instruments(loaded)
         instruments.audio(samples, rate)
         instruments.clip(nbytes, windows, probabilities)

@@ -17,7 +17,7 @@ PCM_S16LE: AudioEncoding
 PCM_F32LE: AudioEncoding
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "channels", "class_thresholds", "sensitivity", "allowed_classes")
+    __slots__ = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "channels", "class_thresholds", "sensitivity", "allowed_classes", "fast")
     class ClassThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class StreamConfig(_message.Message):
     CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    FAST_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     sample_rate_hz: int
@@ -43,7 +44,8 @@ class StreamConfig(_message.Message):
     class_thresholds: _containers.ScalarMap[str, float]
     sensitivity: float
     allowed_classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., emit_scores: _Optional[bool] = ..., channels: _Optional[int] = ..., class_thresholds: _Optional[_Mapping[str, float]] = ..., sensitivity: _Optional[float] = ..., allowed_classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    fast: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., emit_scores: _Optional[bool] = ..., channels: _Optional[int] = ..., class_thresholds: _Optional[_Mapping[str, float]] = ..., sensitivity: _Optional[float] = ..., allowed_classes: _Optional[_Iterable[str]] = ..., fast: _Optional[bool] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("pcm",)

@@ -35,6 +35,7 @@ def stream_options(config: hark_pb2.StreamConfig) -> StreamOptions:
             allowed=tuple(config.allowed_classes),
         ),
         channels=check_channels(config.channels),
+        fast=config.fast,
     )
 
 

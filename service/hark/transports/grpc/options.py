@@ -15,6 +15,11 @@ included) ran. Here every such bound follows from :class:`~hark.config.Settings`
 * ``grpc.server_handshake_timeout_ms``: a connection that never speaks is closed after ``request_timeout_s``.
 * ``grpc.max_metadata_size``: headers, including an over-long model name or token.
 * Keepalive enforcement (``max_ping_strikes``): a client pinging without data gets GOAWAY.
+* ``grpc.max_connection_age_ms``: every connection gets GOAWAY after ``max_connection_age_s`` (its
+  running calls then have ``max_stream_s`` to finish, ``grpc.max_connection_age_grace_ms``). gRPC core
+  (1.85) sends no GOAWAY for an HTTP/2 rapid-reset flood as such: its mitigations (``ping_on_rst_stream_percent``,
+  ``max_requests_per_read``, tarpitting, ``max_concurrent_streams_overload_protection``, all at their
+  defaults here) slow a flood down; the connection age is what ends it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ def max_receive_bytes(settings: Settings) -> int:
     return min(settings.max_message_bytes, max(settings.max_chunk_bytes + _ENVELOPE, max_clip_bytes(settings)))
 
 
+def _millis(seconds: float) -> int:
+    """Seconds as a channel argument's milliseconds (a C int: at most 2**31 - 1, about 24 days)."""
+    return min(2**31 - 1, max(1, round(seconds * 1000)))
+
+
 def server_options(
     settings: Settings, max_connections: int | None = None, *, reuse_port: bool = False
 ) -> list[tuple[str, Any]]:
@@ -63,6 +73,8 @@ def server_options(
         ("grpc.max_metadata_size", METADATA_BYTES),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_connection_age_ms", _millis(settings.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", _millis(settings.max_stream_s)),
         # Workers share one port; a server on its own must fail on a taken port, not share it.
         ("grpc.so_reuseport", int(reuse_port)),
     ]

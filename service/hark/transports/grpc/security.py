@@ -7,6 +7,7 @@ calls: :class:`TokenAuthInterceptor` ends a call without a valid bearer token be
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from hark.security import (
     read_secret_file,
     tls_files,
 )
+from hark.serving.admission import client_keys
 
 log = get_logger("hark.security")
 
@@ -41,6 +43,14 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     pair = (read_secret_file(key, "TLS key (tls_key_file)"), read_secret_file(cert, "TLS certificate (tls_cert_file)"))
     roots = read_secret_file(client_ca, "client CA (tls_client_ca_file)") if client_ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=roots, require_client_auth=roots is not None)
+
+
+def client_keys_of(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
+    """What a call counts against ``max_streams_per_client``: its connection, and its bearer token."""
+    token = None
+    with contextlib.suppress(Exception):  # metadata the client mangled: the connection key still applies
+        token, _ = bearer_token(context.invocation_metadata())
+    return client_keys(context.peer(), token)
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]

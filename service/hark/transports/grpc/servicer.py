@@ -11,8 +11,9 @@ Status codes:
   invalid model name, an empty or over-long ``Classify`` clip. Empty audio chunks are allowed and ignored.
 * ``NOT_FOUND``: no such model or version (the message lists what is available).
 * ``RESOURCE_EXHAUSTED``: more than ``max_streams`` concurrent streams and clips, ``max_clip_calls`` clips,
-  or ``max_streams_per_client`` for one connection or token; the in-flight audio budget full; a stream
-  longer than ``max_stream_s``; a message over the receive limit (refused by gRPC itself).
+  ``max_fast_streams`` fast streams, or ``max_streams_per_client`` for one connection or token; the
+  in-flight audio budget full; a stream longer than ``max_stream_s``; a message over the receive limit
+  (refused by gRPC itself).
 * ``DEADLINE_EXCEEDED``: no audio on a stream for ``idle_timeout_s`` (empty chunks do not count); a
   ``Classify`` request not arrived whole within ``request_timeout_s``.
 * ``UNAVAILABLE``: the server is shutting down.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import uuid
 from typing import Any, NoReturn
@@ -34,28 +34,17 @@ from google.protobuf.message import DecodeError
 from hark.core.audio import check_sample_rate
 from hark.log_sampling import LogSampler
 from hark.logging import get_logger
-from hark.security import bearer_token
 from hark.serving.admission import Admission
 from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.pipeline import DataPlane, StreamPipeline
 from hark.serving.session import Scored
 from hark.transports.grpc import convert
+from hark.transports.grpc.security import client_keys_of
 from hark.v1 import hark_pb2, hark_pb2_grpc
 
 SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 
 log = get_logger("hark.server")
-
-
-def client_keys(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
-    """What a call counts against ``max_streams_per_client``: its connection, and its bearer token (as a
-    digest: the token itself is never kept)."""
-    keys = [f"conn:{context.peer()}"]
-    with contextlib.suppress(Exception):  # metadata the client mangled: the connection key still applies
-        token, _ = bearer_token(context.invocation_metadata())
-        if token is not None:
-            keys.append("token:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16])
-    return tuple(keys)
 
 
 class _CallEnded(Exception):
@@ -99,7 +88,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.metrics.request("StreamClassify")
         try:
             try:
-                with self.admission.stream(client_keys(context)):
+                with self.admission.stream(client_keys_of(context)):
                     await self._stream(context, stream_id, slog)  # refuses what goes wrong inside itself
             except Refusal as e:  # draining, or at max_streams
                 await self._abort(context, slog, e)
@@ -111,7 +100,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         pipeline: StreamPipeline | None = None
         try:
             options = convert.stream_options(await self._first_config(context))
-            with self.plane.open_stream(options, stream_id) as pipeline:
+            with (
+                self.admission.fast() if options.fast else contextlib.nullcontext(),
+                self.plane.open_stream(options, stream_id) as pipeline,
+            ):
                 session = pipeline.session
                 slog = slog.bind(model=pipeline.model.name, version=pipeline.model.version)
                 slog.info(
@@ -119,6 +111,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                     sample_rate_hz=session.sample_rate,
                     encoding=session.encoding,
                     emit_scores=session.emit_scores,
+                    fast=options.fast,
                 )
                 try:
                     # Headers now (they are not flow-controlled), so a later abort never has to queue them
@@ -267,7 +260,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         self.metrics.request("Classify")
         try:
             try:
-                with self.admission.clip(client_keys(context)):
+                with self.admission.clip(client_keys_of(context)):
                     request = source if isinstance(source, hark_pb2.ClassifyRequest) else await self._whole(context)
                     check_sample_rate(request.sample_rate_hz)
                     encoding = convert.encoding_of(request.encoding)

@@ -5,6 +5,11 @@ request with Triton's ``sequence_id`` belongs to a sequence (one stream pipeline
 clip, answered as ``ModelInfer`` would. A refused request is answered with ``error_message``
 (``"<STATUS>: <message>"``, as Triton does) and ends its sequence; the call and its other sequences go on.
 A call silent for ``idle_timeout_s`` ends with ``DEADLINE_EXCEEDED``, and its open sequences with it.
+
+``ModelInfer`` is admitted at its headers, as ``Classify`` is (:func:`add_to_server` registers it as
+request-streaming): a clip slot is taken before its body is read, and an admitted request has
+``request_timeout_s`` to arrive whole. Hostile clients: registered unary, gRPC buffered every request's
+megabytes before any limit of Hark's could count it.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
 from hark.oip import inference_pb2 as pb
 from hark.oip import inference_pb2_grpc
 from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.metrics import HarkMetrics
+from hark.transports.grpc.security import client_keys_of
 from hark.transports.oip import tensors
 from hark.transports.oip.plane import InferResult, OipPlane, Sequences
 from hark.transports.oip.tensors import Tensor, invalid
@@ -93,10 +100,14 @@ def infer_response(request: pb.ModelInferRequest, result: InferResult) -> pb.Mod
 
 
 class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, oip: OipPlane, metrics: HarkMetrics, idle_timeout_s: float) -> None:
+    def __init__(
+        self, oip: OipPlane, metrics: HarkMetrics, idle_timeout_s: float, request_timeout_s: float = 10.0
+    ) -> None:
         self.oip = oip
         self.metrics = metrics
         self.idle_timeout_s = idle_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self._refused_log = LogSampler(20)  # a flood of refusals: 20 lines a second (each still counted)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -155,6 +166,40 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             await self._abort(context, e)
         return infer_response(request, result)
 
+    async def ModelInferAdmitted(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        """``ModelInfer`` as :func:`add_to_server` registers it: admitted before its body is read."""
+        self.metrics.request("ModelInfer")
+        try:
+            with self.oip.admit(client_keys_of(context)):
+                request = await self._whole(context)
+                result = await self.oip.infer_admitted(
+                    request.model_name,
+                    request.model_version,
+                    inputs_of(request),
+                    parameters_of(request.parameters),
+                    [o.name for o in request.outputs],
+                )
+        except REFUSALS as e:
+            await self._abort(context, e)
+        return infer_response(request, result)
+
+    async def _whole(self, context: grpc.aio.ServicerContext) -> pb.ModelInferRequest:
+        """The one request of an admitted ``ModelInfer`` call, within ``request_timeout_s``."""
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                request = await context.read()
+        except TimeoutError:
+            raise Refusal(
+                "DEADLINE_EXCEEDED",
+                f"the request did not arrive whole within {self.request_timeout_s:g} s; send the clip at once",
+            ) from None
+        except DecodeError:
+            raise invalid("the request is not a valid inference.ModelInferRequest (malformed protobuf)") from None
+        if request is grpc.aio.EOF:
+            raise invalid("the call ended before its ModelInferRequest was sent")
+        assert isinstance(request, pb.ModelInferRequest)
+        return request
+
     async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         call_id = uuid.uuid4().hex[:12]
         self.metrics.request("ModelStreamInfer")
@@ -210,9 +255,28 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
         refusal = refusal_of(error)
         self.metrics.error(refusal.code)
-        log.info("request refused", code=refusal.code, error=refusal.message)
+        if (skipped := self._refused_log.allow()) is not None:
+            log.info("request refused", code=refusal.code, error=refusal.message, skipped=skipped)
         trailers = (
             (("grpc-retry-pushback-ms", str(refusal.retry_after_ms)),) if refusal.retry_after_ms is not None else ()
         )
         await context.abort(grpc.StatusCode[refusal.code], refusal.message, trailers)
         raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
+    """Register the service like ``add_GRPCInferenceServiceServicer_to_server``, but with ``ModelInfer`` as a
+    request-streaming handler (:meth:`InferenceService.ModelInferAdmitted`): the same wire, the same clients."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        parse = getattr(pb, method.input_type.name).FromString
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(service.ModelInferAdmitted, parse, serialize)
+            continue
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(getattr(service, method.name), parse, serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

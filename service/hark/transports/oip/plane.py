@@ -9,6 +9,7 @@ parameters) is one :class:`~hark.serving.pipeline.StreamPipeline`, each request'
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -96,21 +97,34 @@ class OipPlane:
             for v in sorted(models[name])
         ]
 
+    @contextlib.contextmanager
+    def admit(self, clients: Sequence[str] = ()) -> Iterator[None]:
+        """A clip slot, like gRPC's ``Classify`` (``max_clip_calls``, ``max_streams``, the per-client limit):
+        taken before the request's body is read (hostile clients), held until it is answered."""
+        with self.admission.clip(clients):
+            yield
+
     async def infer(
         self, name: str, version: str, inputs: list[Tensor], parameters: dict[str, Any], requested: list[str]
     ) -> InferResult:
-        """Classify each clip of the ``audio`` input (a clip slot, like gRPC's ``Classify``: ``max_clip_calls``)."""
-        with self.admission.clip():
-            model = self.resolve(name, version)
-            clips, encoding = tensors.audio_input(inputs)
-            rate = tensors.sample_rate(parameters)
-            results = [
-                await self.plane.classify(
-                    pcm, sample_rate_hz=rate, encoding=encoding, model=model.name, version=model.version
-                )
-                for pcm in clips
-            ]
-            return InferResult(model, tensors.select(tensors.clip_outputs(results), requested))
+        """Admit, then classify (a whole-clip request of ``ModelStreamInfer``, whose body is already read)."""
+        with self.admit():
+            return await self.infer_admitted(name, version, inputs, parameters, requested)
+
+    async def infer_admitted(
+        self, name: str, version: str, inputs: list[Tensor], parameters: dict[str, Any], requested: list[str]
+    ) -> InferResult:
+        """Classify each clip of the ``audio`` input; the caller holds a slot from :meth:`admit`."""
+        model = self.resolve(name, version)
+        clips, encoding = tensors.audio_input(inputs)
+        rate = tensors.sample_rate(parameters)
+        results = [
+            await self.plane.classify(
+                pcm, sample_rate_hz=rate, encoding=encoding, model=model.name, version=model.version
+            )
+            for pcm in clips
+        ]
+        return InferResult(model, tensors.select(tensors.clip_outputs(results), requested))
 
 
 @dataclass

@@ -6,10 +6,16 @@ or in Triton's binary tensor extension (the ``Inference-Header-Content-Length`` 
 ``tritonclient.http`` sends by default); answers are JSON. Errors are ``{"error": "..."}`` with the HTTP
 status of the refusal. Tokens and TLS as on every port: ``Authorization: Bearer <token>`` (the health
 routes are exempt while ``auth_exempt_health`` is on).
+
+Hostile clients: ``infer`` is judged at its headers, before its body is read. The token (the ``_auth``
+middleware), then a declared ``Content-Length`` over ``max_message_bytes`` (413), then a clip slot in the
+server's :class:`~hark.serving.admission.Admission` (429 when full, counted per peer address and token like
+every other call); only then is the body read, within ``request_timeout_s`` (408 when it does not arrive).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,9 +23,11 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from hark.log_sampling import LogSampler
 from hark.logging import get_logger
 from hark.security import TokenVerifier
-from hark.serving.errors import HTTP_STATUS, REFUSALS, refusal_of
+from hark.serving.admission import client_keys
+from hark.serving.errors import HTTP_STATUS, REFUSALS, Refusal, refusal_of
 from hark.serving.metrics import HarkMetrics
 from hark.transports.http_security import bearer_of
 from hark.transports.oip import tensors
@@ -81,9 +89,18 @@ class OipRest:
     """The v2 REST routes as an aiohttp application, started on its own port by :meth:`start`."""
 
     def __init__(
-        self, oip: OipPlane, metrics: HarkMetrics, verifier: TokenVerifier | None, exempt_health: bool, max_bytes: int
+        self,
+        oip: OipPlane,
+        metrics: HarkMetrics,
+        verifier: TokenVerifier | None,
+        exempt_health: bool,
+        max_bytes: int,
+        request_timeout_s: float = 10.0,
     ) -> None:
         self.oip = oip
+        self.max_bytes = max_bytes
+        self.request_timeout_s = request_timeout_s
+        self._refused_log = LogSampler(20)  # a flood of refusals: 20 lines a second (each still counted)
         self.metrics = metrics
         self.verifier = verifier
         self.exempt_health = exempt_health
@@ -135,7 +152,10 @@ class OipRest:
         except REFUSALS as e:
             refusal = refusal_of(e)
             self.metrics.error(refusal.code)
-            log.info("request refused", path=request.path, code=refusal.code, error=refusal.message)
+            if (skipped := self._refused_log.allow()) is not None:
+                log.info(
+                    "request refused", path=request.path, code=refusal.code, error=refusal.message, skipped=skipped
+                )
             headers = {"Retry-After": str(max(1, refusal.retry_after_ms // 1000))} if refusal.retry_after_ms else None
             return _error(HTTP_STATUS[refusal.code], refusal.message, headers)
 
@@ -165,8 +185,27 @@ class OipRest:
 
     async def infer(self, request: web.Request) -> web.Response:
         self.metrics.request("ModelInfer")
+        declared = request.content_length
+        if declared is not None and declared > self.max_bytes:
+            self.metrics.error("RESOURCE_EXHAUSTED")
+            return _error(413, f"the body declares {declared} bytes; the limit is {self.max_bytes}")
+        token, _ = bearer_of(request.headers.get("Authorization"))
+        with self.oip.admit(client_keys(request.remote or "unknown", token)):
+            body = await self._body(request)
+            return await self._infer(request, body)
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise Refusal(
+                "DEADLINE_EXCEEDED",
+                f"the request body did not arrive whole within {self.request_timeout_s:g} s; send it at once",
+            ) from None
+
+    async def _infer(self, request: web.Request, body: bytes) -> web.Response:
         info = request.match_info
-        body = await request.read()
         header_length = request.headers.get(HEADER_LENGTH)
         try:
             length = int(header_length) if header_length is not None else len(body)
@@ -186,7 +225,7 @@ class OipRest:
         ):
             raise invalid("'outputs' must be a list of objects, each with a name")
         requested: list[str] = [o["name"] for o in outputs]
-        result: InferResult = await self.oip.infer(
+        result: InferResult = await self.oip.infer_admitted(
             info["name"], info.get("version", ""), inputs_of(header, body[length:]), params, requested
         )
         reply: dict[str, Any] = {

@@ -3,7 +3,7 @@
 A client sends, in order::
 
     {"config": {"model": "", "version": 0, "sample_rate_hz": 16000, "encoding": "PCM_S16LE",
-                "emit_scores": false, "token": "..."}}          one text message: StreamConfig's fields
+                "emit_scores": false, "fast": false, "token": "..."}}  one text message: StreamConfig's fields
     <binary PCM>  <binary PCM>  ...                              audio, in the configured encoding
     {"end": true}                                                end of audio (WebSocket has no half-close)
 
@@ -29,7 +29,7 @@ from hark.serving.pipeline import StreamOptions
 from hark.serving.session import Scored
 
 ENCODINGS: Final[dict[str, str]] = {"PCM_S16LE": PCM_S16LE, "PCM_F32LE": PCM_F32LE}
-CONFIG_FIELDS: Final = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "token")
+CONFIG_FIELDS: Final = ("model", "version", "sample_rate_hz", "encoding", "emit_scores", "fast", "token")
 # Close codes: 4000 + the HTTP status of the refusal (4400, 4401, 4404, 4408, 4429, 4500, 4503).
 CLOSE_BASE: Final = 4000
 
@@ -86,8 +86,16 @@ def parse_config(message: str | bytes) -> StreamOptions:
         raise _invalid("config.emit_scores must be true or false")
     if token is not None and not isinstance(token, str):
         raise _invalid("config.token must be a string")
+    fast = config.get("fast", False)
+    if not isinstance(fast, bool):
+        raise _invalid("config.fast must be true or false")
     return StreamOptions(
-        model=model, version=version, sample_rate_hz=rate, encoding=ENCODINGS[encoding], emit_scores=emit
+        model=model,
+        version=version,
+        sample_rate_hz=rate,
+        encoding=ENCODINGS[encoding],
+        emit_scores=emit,
+        fast=fast,
     )
 
 

@@ -7,6 +7,9 @@ tokens and TLS files as gRPC. The port also serves the browser page (``GET /``).
 
 Authentication: an ``Authorization: Bearer <token>`` header on the upgrade request (a wrong one is refused
 with HTTP 401 before the upgrade), or, for browsers that cannot set headers, ``token`` in the config message.
+
+Per-client limits (``max_streams_per_client``), as on gRPC: a stream counts against its peer's address
+(one WebSocket carries one stream, so the connection itself is no key) and against its token.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from websockets.http11 import Request, Response
 
 from hark.logging import get_logger
 from hark.security import TokenVerifier
-from hark.serving.admission import Admission
+from hark.serving.admission import Admission, client_keys
 from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.pipeline import DataPlane, StreamPipeline
 from hark.serving.session import Scored
@@ -60,6 +63,8 @@ class WebSocketTransport:
         self.idle_timeout_s = plane.settings.idle_timeout_s
         # Connections whose upgrade request carried a valid token (weak: a failed handshake never reaches _handle).
         self._header_authenticated: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        # Each connection's token, from its header or its config: its key for max_streams_per_client.
+        self._tokens: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
         self._server: Server | None = None
         self.port = 0
 
@@ -105,6 +110,7 @@ class WebSocketTransport:
                 self.metrics.error("UNAUTHENTICATED")
                 return connection.respond(HTTPStatus.UNAUTHORIZED, (why or "invalid token") + "\n")
             self._header_authenticated.add(connection)
+            self._tokens[connection] = token
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -115,7 +121,10 @@ class WebSocketTransport:
             first = await self._recv(ws, first=True)
             self._authenticate(ws, protocol.token_of(first))  # before the message is judged
             options = protocol.parse_config(first)
-            with self.admission.stream():
+            with (
+                self.admission.stream(self._client_keys(ws)),
+                self.admission.fast() if options.fast else contextlib.nullcontext(),
+            ):
                 await self._stream(ws, options, stream_id, slog)
             await ws.close(1000, "end of stream")
         except REFUSALS as e:
@@ -129,6 +138,13 @@ class WebSocketTransport:
             await self._refuse(ws, slog, e)
         finally:
             self._header_authenticated.discard(ws)
+            self._tokens.pop(ws, None)
+
+    def _client_keys(self, ws: ServerConnection) -> tuple[str, ...]:
+        """The peer's address (not its port: one connection is one stream here) and the token, if any."""
+        address = ws.remote_address
+        host = str(address[0]) if isinstance(address, tuple) and address else "unknown"
+        return client_keys(host, self._tokens.get(ws))
 
     def _authenticate(self, ws: ServerConnection, token: str | None) -> None:
         if self.verifier is None or ws in self._header_authenticated:
@@ -140,6 +156,7 @@ class WebSocketTransport:
             )
         if not self.verifier.verify(token):
             raise Refusal("UNAUTHENTICATED", "invalid token")
+        self._tokens[ws] = token
 
     async def _stream(self, ws: ServerConnection, options: Any, stream_id: str, slog: Any) -> None:
         started = time.monotonic()
