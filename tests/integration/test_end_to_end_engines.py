@@ -39,7 +39,7 @@ def _requests(samples: np.ndarray) -> list[hark_pb2.StreamRequest]:
 
 @pytest.mark.xfail(
     not os.environ.get("HARK_E2E_STORE"),
-    reason="the bundled keywords/1 has heard espeak-ng only and gives at most 'yes' here (README: Real voices); "
+    reason="the bundled keywords/2 gives one to three of the four words for these voices (README: Real voices); "
     "strict, so a bundled model that passes makes this fail until the marker goes",
     strict=True,
 )

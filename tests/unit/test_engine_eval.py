@@ -93,6 +93,24 @@ def test_thresholds_are_raised_until_the_budget_holds_and_land_in_the_manifest(t
     load_version(version)  # still verifies
 
 
+def test_the_command_sets_the_versions_smoothing_and_never_goes_below_the_floor(tmp_path: Path) -> None:
+    version = publish_tiny(tmp_path / "store")
+    data = tmp_path / "data"
+    data.mkdir()
+    _stream(data, "free", [4.0, 10.0, 16.0], level=0.08)
+    _streams_csv(data, [_row("free", "val", "keyword-free")])
+
+    args = [str(version), "--data", str(data), "--budget", "0", "--floor", "0.7", "--smoothing-windows", "5"]
+    assert engine_eval.main(["thresholds", *args]) == 0
+
+    manifest = read_manifest(version)
+    assert manifest.smoothing_windows == 5
+    assert manifest.thresholds and min(manifest.thresholds.values()) >= 0.7
+    note = json.loads((version / "manifest.json").read_text())["metrics"]["thresholds"]
+    assert (note["floor"], note["smoothing_windows"]) == (0.7, 5)
+    load_version(version)  # still verifies
+
+
 def test_the_model_card_lists_training_engines_licences_and_held_out_engines(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     rows = [

@@ -40,6 +40,7 @@ from hark.serving.pipeline import DataPlane, StreamPipeline
 from hark.serving.session import Scored
 from hark.transports.grpc import convert
 from hark.transports.grpc.security import client_keys_of
+from hark.transports.grpc.whole import read_whole
 from hark.v1 import hark_pb2, hark_pb2_grpc
 
 SERVICE_NAME = hark_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
@@ -261,7 +262,9 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         try:
             try:
                 with self.admission.clip(client_keys_of(context)):
-                    request = source if isinstance(source, hark_pb2.ClassifyRequest) else await self._whole(context)
+                    request = source
+                    if not isinstance(request, hark_pb2.ClassifyRequest):
+                        request = await read_whole(context, hark_pb2.ClassifyRequest, self.request_timeout_s)
                     check_sample_rate(request.sample_rate_hz)
                     encoding = convert.encoding_of(request.encoding)
                     result = await self.plane.classify(
@@ -277,25 +280,6 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             return convert.classify_response(result)
         except grpc.aio.AbortError as e:
             raise _bare(e) from None
-
-    async def _whole(self, context: grpc.aio.ServicerContext) -> hark_pb2.ClassifyRequest:
-        """The one ``ClassifyRequest`` of a request-streaming ``Classify`` call, within ``request_timeout_s``."""
-        try:
-            async with asyncio.timeout(self.request_timeout_s):
-                request = await context.read()
-        except TimeoutError:
-            raise Refusal(
-                "DEADLINE_EXCEEDED",
-                f"the request did not arrive whole within {self.request_timeout_s:g} s; send the clip at once",
-            ) from None
-        except DecodeError:
-            raise Refusal(
-                "INVALID_ARGUMENT", "the request is not a valid hark.v1.ClassifyRequest (malformed protobuf)"
-            ) from None
-        if request is grpc.aio.EOF:
-            raise Refusal("INVALID_ARGUMENT", "the call ended before its ClassifyRequest was sent")
-        assert isinstance(request, hark_pb2.ClassifyRequest)
-        return request
 
     # Models ------------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from hark.oip import inference_pb2_grpc
 from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.metrics import HarkMetrics
 from hark.transports.grpc.security import client_keys_of
+from hark.transports.grpc.whole import read_whole
 from hark.transports.oip import tensors
 from hark.transports.oip.plane import InferResult, OipPlane, Sequences
 from hark.transports.oip.tensors import Tensor, invalid
@@ -171,7 +172,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.metrics.request("ModelInfer")
         try:
             with self.oip.admit(client_keys_of(context)):
-                request = await self._whole(context)
+                request = await read_whole(context, pb.ModelInferRequest, self.request_timeout_s)
                 result = await self.oip.infer_admitted(
                     request.model_name,
                     request.model_version,
@@ -182,23 +183,6 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         except REFUSALS as e:
             await self._abort(context, e)
         return infer_response(request, result)
-
-    async def _whole(self, context: grpc.aio.ServicerContext) -> pb.ModelInferRequest:
-        """The one request of an admitted ``ModelInfer`` call, within ``request_timeout_s``."""
-        try:
-            async with asyncio.timeout(self.request_timeout_s):
-                request = await context.read()
-        except TimeoutError:
-            raise Refusal(
-                "DEADLINE_EXCEEDED",
-                f"the request did not arrive whole within {self.request_timeout_s:g} s; send the clip at once",
-            ) from None
-        except DecodeError:
-            raise invalid("the request is not a valid inference.ModelInferRequest (malformed protobuf)") from None
-        if request is grpc.aio.EOF:
-            raise invalid("the call ended before its ModelInferRequest was sent")
-        assert isinstance(request, pb.ModelInferRequest)
-        return request
 
     async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         call_id = uuid.uuid4().hex[:12]
