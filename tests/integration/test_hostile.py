@@ -671,14 +671,23 @@ async def test_empty_websocket_frames_do_not_hold_a_slot(start_hark: StartHark, 
     assert h.running.websocket is not None
     async with ws_connect(f"ws://127.0.0.1:{h.running.websocket.port}/v1/stream") as ws:
         await ws.send(json.dumps({"config": {"sample_rate_hz": 16000, "encoding": "PCM_S16LE"}}))
-        errors = []
-        with contextlib.suppress(ConnectionClosed):
-            for _ in range(30):
-                await ws.send(b"")
-                with contextlib.suppress(TimeoutError):
-                    message = json.loads(await asyncio.wait_for(ws.recv(), 0.1))
+        errors: list[str] = []
+
+        async def read_until_closed() -> None:  # apart from the sends: a send may meet the close first
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    message = json.loads(raw)
                     if "error" in message:
                         errors.append(message["error"]["code"])
+
+        reader = asyncio.create_task(read_until_closed())
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(30):
+                if reader.done():
+                    break
+                await ws.send(b"")
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(reader, 10)
         assert errors == ["DEADLINE_EXCEEDED"]
         assert ws.close_code == 4408
     assert h.running.admission.active_streams == 0
