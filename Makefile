@@ -160,7 +160,7 @@ proto: $(DEV_STAMP)  ## Regenerate the stubs in service/hark/v1 from proto/
 # settings chosen on Pico's keyword-free speech (2 false alarms per hour, thresholds from 0.6, 5 hops smoothed) and the
 # per-engine report. MODEL_STORE=runs/store publishes a candidate instead; compare it with
 # `HARK_E2E_STORE=runs/store pytest tests/integration/test_end_to_end*.py`.
-ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper --val-engines pico --test-engines rhvoice --base-train-share 0.35
+ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper --val-engines pico --test-engines rhvoice
 MODEL_STORE ?= model_store
 
 .PHONY: model
