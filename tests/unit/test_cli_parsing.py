@@ -530,8 +530,10 @@ def test_client_stream_paces_in_real_time(stub_server: tuple[str, StubClassifier
         list(c.stream(np.zeros(1_600, dtype=np.float32), chunk_ms=20))  # 5 chunks of 20 ms
     elapsed = time.monotonic() - started
     assert 0.08 <= elapsed < 1.0
-    gaps = np.diff(servicer.chunk_times)
-    assert len(gaps) == 4 and gaps.min() > 0.01
+    # Paced: the five chunks span the 80 ms between the first and the last send (a loaded machine may deliver
+    # two of them together, so single gaps prove nothing; an unpaced client sends all five within a millisecond).
+    arrivals = servicer.chunk_times
+    assert len(arrivals) == 5 and arrivals[-1] - arrivals[0] > 0.06
 
 
 def test_client_stream_accepts_pcm_chunks_and_early_close(stub_server: tuple[str, StubClassifier]) -> None:
