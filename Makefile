@@ -155,12 +155,12 @@ bench-peers:  ## Venvs for the peers make bench adds: MLServer (pins protobuf 6)
 proto: $(DEV_STAMP)  ## Regenerate the stubs in service/hark/v1 from proto/
 	$(BIN)/python proto/generate.py
 
-# The bundled keyword model (keywords/2): espeak-ng words plus MBROLA, Piper, RHVoice and SVOX Pico speech (RHVoice
+# The bundled keyword model (keywords/3): espeak-ng words plus MBROLA, Piper, DECtalk, Kokoro, RHVoice and SVOX Pico speech (RHVoice
 # held out whole for test, Pico for validation), running speech and channel variety; a model card, the detection
 # settings chosen on Pico's keyword-free speech (2 false alarms per hour, thresholds from 0.6, 5 hops smoothed) and the
 # per-engine report. MODEL_STORE=runs/store publishes a candidate instead; compare it with
 # `HARK_E2E_STORE=runs/store pytest tests/integration/test_end_to_end*.py`.
-ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper --val-engines pico --test-engines rhvoice
+ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper,dectalk,kokoro --val-engines pico --test-engines rhvoice
 MODEL_STORE ?= model_store
 
 .PHONY: model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,11 @@ from tests.integration.conftest import StartHark
 STORE = Path(os.environ.get("HARK_E2E_STORE") or Path(__file__).resolve().parents[2] / "model_store")
 WORDS = ["yes", "stop", "go", "left"]
 HELD_OUT = [("rhvoice", "bdl"), ("rhvoice", "clb"), ("pico", "en-US"), ("pico", "en-GB")]
+NOT_YET = {  # the bundled keywords/3 says three of the four words for these voices (README: Real voices)
+    ("rhvoice", "clb"): "keywords/3 misses 'go'",
+    ("pico", "en-US"): "keywords/3 misses 'go'",
+    ("pico", "en-GB"): "keywords/3 misses 'go'",
+}
 
 
 def _room(seconds: float, seed: int) -> np.ndarray:
@@ -37,13 +43,16 @@ def _requests(samples: np.ndarray) -> list[hark_pb2.StreamRequest]:
     ]
 
 
-@pytest.mark.xfail(
-    not os.environ.get("HARK_E2E_STORE"),
-    reason="the bundled keywords/2 gives one to three of the four words for these voices (README: Real voices); "
-    "strict, so a bundled model that passes makes this fail until the marker goes",
-    strict=True,
-)
-@pytest.mark.parametrize("engine,voice", HELD_OUT, ids=[f"{e}-{v}" for e, v in HELD_OUT])
+def _held_out(engine: str, voice: str) -> Any:
+    """One voice; those the bundled model does not pass yet are strict xfails (a pass makes them fail until
+    the mark goes), for the bundled store only (``HARK_E2E_STORE`` runs every voice as a plain test)."""
+    marks = []
+    if (engine, voice) in NOT_YET and not os.environ.get("HARK_E2E_STORE"):
+        marks.append(pytest.mark.xfail(reason=NOT_YET[engine, voice], strict=True))
+    return pytest.param(engine, voice, id=f"{engine}-{voice}", marks=marks)
+
+
+@pytest.mark.parametrize("engine,voice", [_held_out(e, v) for e, v in HELD_OUT])
 async def test_a_sentence_from_a_held_out_engine_gives_its_keywords_in_order(
     start_hark: StartHark, engine: str, voice: str
 ) -> None:
