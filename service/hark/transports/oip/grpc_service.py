@@ -154,25 +154,23 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        self.metrics.request("ModelInfer")
-        try:
-            result = await self.oip.infer(
-                request.model_name,
-                request.model_version,
-                inputs_of(request),
-                parameters_of(request.parameters),
-                [o.name for o in request.outputs],
-            )
-        except REFUSALS as e:
-            await self._abort(context, e)
-        return infer_response(request, result)
+        """``ModelInfer`` as the generated stubs register it (a unary handler: gRPC reads the whole body
+        before it runs). :func:`add_to_server` registers :meth:`ModelInferAdmitted` instead."""
+        return await self._model_infer(context, request)
 
     async def ModelInferAdmitted(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         """``ModelInfer`` as :func:`add_to_server` registers it: admitted before its body is read."""
+        return await self._model_infer(context, requests)
+
+    async def _model_infer(self, context: grpc.aio.ServicerContext, source: Any) -> pb.ModelInferResponse:
+        """One ``ModelInfer`` call: a slot at the headers, then the request (given, or read within
+        ``request_timeout_s``), then its clips classified."""
         self.metrics.request("ModelInfer")
         try:
             with self.oip.admit(client_keys_of(context)):
-                request = await read_whole(context, pb.ModelInferRequest, self.request_timeout_s)
+                request = source
+                if not isinstance(request, pb.ModelInferRequest):
+                    request = await read_whole(context, pb.ModelInferRequest, self.request_timeout_s)
                 result = await self.oip.infer_admitted(
                     request.model_name,
                     request.model_version,
