@@ -232,12 +232,13 @@ def write_report(
     return report
 
 
+def cell(value: float | None) -> str:
+    """A figure in a six-character table column; ``-`` where there is none."""
+    return "     -" if value is None else f"{value:6.3f}"
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The report as a table a person reads in a terminal."""
-
-    def cell(value: float | None) -> str:
-        return "     -" if value is None else f"{value:6.3f}"
-
     width = max(len(label) for label in report["labels"]) + 2
     lines = [f"{'class':<{width}} precision recall     f1  auroc  support"]
     for label, c in report["per_class"].items():
@@ -398,10 +399,6 @@ def evaluate_multilabel(
 
 def format_multilabel_table(report: Mapping[str, Any]) -> str:
     """A multi-label report as a table: per class AP, then precision, recall and F1 at its threshold."""
-
-    def cell(value: float | None) -> str:
-        return "     -" if value is None else f"{value:6.3f}"
-
     width = max(len(label) for label in report["labels"]) + 2
     lines = [f"{'class':<{width}}     AP  threshold precision recall     f1  support"]
     for label, c in report["per_class"].items():
