@@ -6,15 +6,15 @@
 
 Variants (each a server on core 0, gating off, the client on core 1 as in ``bench.py``):
 
-* ``windowed``: Hark with the bundled ``model_store/`` (keywords/1, the DS-CNN), default settings;
+* ``windowed``: Hark with the bundled ``model_store/`` (its newest keywords version, windowed), default settings;
 * ``delay0``: the same with ``max_delay_ms`` 0 (batch only what piles up while the model runs);
 * ``thread``: the same with ``inline_inference`` off (each batch handed to the inference thread);
 * ``streaming``: Hark with ``--streaming-store`` (a streaming version: each hop's frames plus state);
 * ``workers2``: ``hark serve --workers 2`` with the bundled store, both workers on core 0 (the cost of the
   supervisor and of a second process, not their scaling: that needs a core per worker);
 * ``floor``: the transport floor (``floor_server.py``: the same gRPC API doing no work);
-* ``old``: ``--old``'s checkout, a commit from before the restructure (``python -m service.server``), with its
-  own bundled store.
+* ``old``: ``--old``'s checkout (``git archive COMMIT | tar -x -C DIR``) with its own bundled store: ``python -m
+  hark.server`` from its ``service/``, or ``python -m service.server`` for a commit from before the restructure.
 
 The servers start once; then, ``--rounds`` times, each takes its turn at the same load of real-time espeak-ng
 speech, so drift in what else the machine does spreads over all of them. The figure is each variant's median
@@ -79,8 +79,10 @@ def start(variant: str, args: argparse.Namespace) -> Server | None:
         return floor_server(find_version(store))
     if variant == "old" and args.old:
         env = hark_env(args.old / "model_store", log_level="info", control_interval_s=0, max_streams=100000)
-        env |= {"PYTHONPATH": str(args.old), "HARK_GATE_DBFS": "-inf"}
-        return Server.start([sys.executable, "-m", "service.server"], env)
+        env |= {"HARK_GATE_DBFS": "-inf"}
+        if (args.old / "service" / "hark").is_dir():  # a checkout of today's layout: the hark package
+            return Server.start([sys.executable, "-m", "hark.server"], env | {"PYTHONPATH": str(args.old / "service")})
+        return Server.start([sys.executable, "-m", "service.server"], env | {"PYTHONPATH": str(args.old)})
     return None
 
 

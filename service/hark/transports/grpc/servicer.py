@@ -1,8 +1,8 @@
 """The ``hark.v1.Classifier`` servicer: a thin adapter from gRPC calls to the data plane.
 
 Read → ``pipeline.feed`` → convert → write. What it owns is what only gRPC has: reading with an idle
-timeout, writing under flow control, call cancellation and deadlines, and the one mapping from
-refusals to status codes (:meth:`ClassifierService._abort`).
+timeout and writing under flow control (one :class:`StreamDeadline` per stream for both), call
+cancellation and deadlines, and the one mapping from refusals to status codes (:meth:`ClassifierService._abort`).
 
 Status codes:
 
@@ -39,6 +39,7 @@ from hark.serving.errors import REFUSALS, Refusal, refusal_of
 from hark.serving.pipeline import DataPlane, StreamPipeline
 from hark.serving.session import Scored
 from hark.transports.grpc import convert
+from hark.transports.grpc.deadline import StreamDeadline
 from hark.transports.grpc.security import client_keys_of
 from hark.transports.grpc.whole import read_whole
 from hark.v1 import hark_pb2, hark_pb2_grpc
@@ -99,8 +100,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
     async def _stream(self, context: grpc.aio.ServicerContext, stream_id: str, slog: Any) -> None:
         started = time.monotonic()
         pipeline: StreamPipeline | None = None
+        deadline = StreamDeadline(self.idle_timeout_s)
         try:
-            options = convert.stream_options(await self._first_config(context))
+            deadline.idle_from(deadline.now())
+            options = convert.stream_options(await self._first_config(context, deadline))
             with (
                 self.admission.fast() if options.fast else contextlib.nullcontext(),
                 self.plane.open_stream(options, stream_id) as pipeline,
@@ -118,10 +121,13 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                     # Headers now (they are not flow-controlled), so a later abort never has to queue them
                     # behind a write that a non-reading client has stalled.
                     await context.send_initial_metadata(())
-                    await self._write(context, convert.started(pipeline.model))
+                    await self._write(context, deadline, convert.started(pipeline.model))
                     # Idle means no audio: the idle clock restarts only when a chunk carries samples.
-                    last_audio = time.monotonic()
-                    while (request := await self._read(context, since=last_audio)) is not None:
+                    last_audio = deadline.now()
+                    while True:
+                        deadline.idle_from(last_audio)
+                        if (request := await self._read(context, deadline)) is None:
+                            break
                         kind = request.WhichOneof("request")
                         if kind == "config":
                             raise Refusal(
@@ -130,10 +136,10 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
                             )
                         if kind != "audio":
                             raise Refusal("INVALID_ARGUMENT", "empty StreamRequest: set config or audio")
-                        await self._send(context, pipeline, await pipeline.feed(request.audio.pcm))
+                        await self._send(context, deadline, pipeline, await pipeline.feed(request.audio.pcm))
                         if request.audio.pcm:  # from here: time spent pacing or writing is not idle
-                            last_audio = time.monotonic()
-                    await self._send(context, pipeline, await pipeline.finish())
+                            last_audio = deadline.now()
+                    await self._send(context, deadline, pipeline, await pipeline.finish())
                 finally:
                     if pipeline.capture is not None:
                         _save_capture(pipeline, slog)
@@ -161,9 +167,11 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             if (skipped := self._ended_log.allow()) is not None:
                 slog.info("stream cancelled", audio_s=_audio_s(pipeline), skipped=skipped)
             raise
+        finally:
+            deadline.close()
 
-    async def _first_config(self, context: grpc.aio.ServicerContext) -> hark_pb2.StreamConfig:
-        first = await self._read(context)
+    async def _first_config(self, context: grpc.aio.ServicerContext, deadline: StreamDeadline) -> hark_pb2.StreamConfig:
+        first = await self._read(context, deadline)
         if first is None:
             raise Refusal("INVALID_ARGUMENT", "stream ended before a StreamConfig was sent")
         if first.WhichOneof("request") != "config":
@@ -173,16 +181,14 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             )
         return first.config
 
-    async def _read(
-        self, context: grpc.aio.ServicerContext, since: float | None = None
-    ) -> hark_pb2.StreamRequest | None:
-        """The next request, or None at the client's half-close; a client without audio since ``since``
-        (monotonic; now when None) for ``idle_timeout_s`` is ended."""
-        left = self.idle_timeout_s - (time.monotonic() - since) if since is not None else self.idle_timeout_s
+    async def _read(self, context: grpc.aio.ServicerContext, deadline: StreamDeadline) -> hark_pb2.StreamRequest | None:
+        """The next request, or None at the client's half-close; a client that sends no audio by the
+        ``deadline`` is ended. The deadline is paused once a request is in: the server's own work is not idle."""
         try:
-            async with asyncio.timeout(max(0.0, left)):
-                request = await context.read()
-        except TimeoutError:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if deadline.expired() is None:
+                raise
             raise Refusal(
                 "DEADLINE_EXCEEDED", f"no audio for {self.idle_timeout_s:g} s; send audio or close the stream"
             ) from None
@@ -190,6 +196,7 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             raise Refusal(
                 "INVALID_ARGUMENT", "a message is not a valid hark.v1.StreamRequest (malformed protobuf)"
             ) from None
+        deadline.pause()
         if request is grpc.aio.EOF:
             remaining = context.time_remaining()
             if context.done() or (remaining is not None and remaining <= 0):
@@ -198,18 +205,28 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
         assert isinstance(request, hark_pb2.StreamRequest)
         return request
 
-    async def _send(self, context: grpc.aio.ServicerContext, pipeline: StreamPipeline, results: list[Scored]) -> None:
+    async def _send(
+        self,
+        context: grpc.aio.ServicerContext,
+        deadline: StreamDeadline,
+        pipeline: StreamPipeline,
+        results: list[Scored],
+    ) -> None:
         for scored in results:
             for response in convert.stream_responses(scored, pipeline.emit_scores):
-                await self._write(context, response)
+                await self._write(context, deadline, response)
 
-    async def _write(self, context: grpc.aio.ServicerContext, response: hark_pb2.StreamResponse) -> None:
+    async def _write(
+        self, context: grpc.aio.ServicerContext, deadline: StreamDeadline, response: hark_pb2.StreamResponse
+    ) -> None:
         """Send one response. A client that stops reading is ended after ``idle_timeout_s``: flow control
         alone would park this write, and the stream's slot and state, for as long as the client likes."""
+        deadline.writing()
         try:
-            async with asyncio.timeout(self.idle_timeout_s):
-                await context.write(response)
-        except TimeoutError:
+            await context.write(response)
+        except asyncio.CancelledError:
+            if deadline.expired() is None:
+                raise
             raise _ClientStalled(
                 f"responses were not read for {self.idle_timeout_s:g} s; read the stream while sending"
             ) from None
@@ -217,6 +234,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             raise
         except grpc.aio.BaseError as e:  # the write failed in gRPC core: the client already ended the call
             raise _CallEnded from e
+        finally:
+            deadline.pause()
 
     async def _abort_detached(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
         """End the call with ``code`` without waiting for the status to be delivered.
