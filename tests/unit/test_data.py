@@ -153,6 +153,23 @@ def test_read_manifest_takes_the_classes_from_the_data(tmp_path: Path) -> None:
     assert not is_multilabel(records[:2])
 
 
+def test_a_run_can_leave_engines_or_non_commercial_material_out_of_training_only(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "path,label,split,voice,source,engine,licence\n"
+        "a.wav,yes,train,x,espeak-ng,espeak-ng,GPL-3.0\n"
+        "b.wav,yes,train,de4,espeak-ng,mbrola,MBROLA voice licence (non-commercial)\n"
+        "c.wav,no,train,paul,dectalk,dectalk,Unlicense (non-commercial)\n"
+        "d.wav,no,val,de4,espeak-ng,mbrola,MBROLA voice licence (non-commercial)\n"
+        "e.wav,go,test,bdl,rhvoice,rhvoice,LGPL-2.1\n"
+    )
+    names = lambda read: [r.path.name for r in read(manifest)]  # noqa: E731
+    assert names(data.training_selection(read_manifest)) == ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
+    assert names(data.training_selection(read_manifest, ["mbrola"])) == ["a.wav", "c.wav", "d.wav", "e.wav"]
+    # val and test keep every engine's clips: runs that train on less are measured on the same clips
+    assert names(data.training_selection(read_manifest, commercial_only=True)) == ["a.wav", "d.wav", "e.wav"]
+
+
 def test_read_manifest_rejects_an_unknown_split(tmp_path: Path) -> None:
     bad = tmp_path / "manifest.csv"
     bad.write_text("path,label,split,voice,source\nmaybe/1.wav,maybe,training,en+m3,espeak-ng\n")

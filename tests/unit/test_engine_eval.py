@@ -64,6 +64,7 @@ def test_stream_report_counts_hits_misses_and_false_alarms_per_hour(tmp_path: Pa
             _row("free", "val", "keyword-free", engine="other"),
         ],
     )
+    assert set(engine_eval.stream_report(loaded, data, ["test", "val"], engines=["other"])) == {"other"}
     report = engine_eval.stream_report(loaded, data, ["test"])
     assert set(report) == {"pico"}
     pico = report["pico"]
@@ -130,3 +131,9 @@ def test_the_model_card_lists_training_engines_licences_and_held_out_engines(tmp
     version = publish_tiny(tmp_path / "store")
     engine_eval.write_model_card(version, card)
     assert read_manifest(version).training["model_card"]["training_licences"] == card["training_licences"]
+
+    # A run that left MBROLA out (or kept commercial material only) is described by what it trained on.
+    for card in (engine_eval.model_card(manifest, ["mbrola"]), engine_eval.model_card(manifest, commercial_only=True)):
+        assert set(card["training_engines"]) == {"espeak-ng"}
+        assert card["left_out_of_training"] == ["mbrola"]
+        assert card["non_commercial_training_material"] is False

@@ -208,6 +208,14 @@ class TrainConfig(BaseModel):
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     distill: DistillConfig | None = Field(None, description="A teacher run to distil from (single-label data).")
+    exclude_engines: tuple[str, ...] = Field(
+        (),
+        description="Leave these engines' clips out of the train split (val and test keep theirs): a "
+        "leave-one-engine-out run, or a recipe without an engine.",
+    )
+    commercial_only: bool = Field(
+        False, description="Leave training clips whose licence is non-commercial out of the train split."
+    )
 
     @property
     def run_dir(self) -> Path:

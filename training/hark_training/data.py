@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from hark.core.audio import resample
 from hark.core.preprocess import normalize_peak, trim_silence
+from hark_training.engines import NON_COMMERCIAL
 from hark_training.features import clip_labels
 from hark_training.noise import NOISE_KINDS, make_noise, mix_at_snr, power
 
@@ -144,11 +145,34 @@ class ClipRecord:
     split: str
     voice: str
     source: str
+    engine: str = ""
+    licence: str = ""
 
     @property
     def labels(self) -> tuple[str, ...]:
         """The clip's classes (none for an empty label)."""
         return clip_labels(self.label)
+
+
+def kept_for_training(
+    split: str, engine: str, licence: str, exclude_engines: Iterable[str] = (), commercial_only: bool = False
+) -> bool:
+    """Whether a run that leaves out ``exclude_engines`` (and, with ``commercial_only``, non-commercial
+    material) keeps a clip. Val and test keep every clip, so runs that differ only in what they train on are
+    measured on the same clips."""
+    if split != "train":
+        return True
+    return engine not in set(exclude_engines) and not (commercial_only and NON_COMMERCIAL in licence)
+
+
+def training_selection(
+    read: Callable[[Path], Sequence[ClipRecord]], exclude_engines: Iterable[str] = (), commercial_only: bool = False
+) -> Callable[[Path], list[ClipRecord]]:
+    """``read`` less the training clips a run leaves out (:func:`kept_for_training`)."""
+    excluded = tuple(exclude_engines)
+    return lambda path: [
+        r for r in read(path) if kept_for_training(r.split, r.engine, r.licence, excluded, commercial_only)
+    ]
 
 
 def is_background(label: str) -> bool:
@@ -512,7 +536,17 @@ def read_manifest(path: Path) -> list[ClipRecord]:
                 raise ValueError(f"{path}:{line}: unknown split {row['split']!r}; use one of {', '.join(SPLITS)}")
             if row["path"] is None or row["label"] is None:
                 raise ValueError(f"{path}:{line}: the row has fewer columns than the header")
-            records.append(ClipRecord(root / row["path"], row["label"], row["split"], row["voice"], row["source"]))
+            records.append(
+                ClipRecord(
+                    root / row["path"],
+                    row["label"],
+                    row["split"],
+                    row["voice"],
+                    row["source"],
+                    row.get("engine") or row["source"],
+                    row.get("licence") or "",
+                )
+            )
     return records
 
 

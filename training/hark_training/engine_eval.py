@@ -43,6 +43,7 @@ from hark.core.model_store import (
     read_manifest,
 )
 from hark.core.postprocess import DetectionOverrides, PostprocessConfig, Postprocessor
+from hark_training.data import kept_for_training
 from hark_training.features import extract
 from hark_training.voices import parse_events, streams_of
 
@@ -69,7 +70,9 @@ def stream_probabilities(loaded: LoadedModel, audio: npt.NDArray[np.floating[Any
     starts = np.arange(0, frames.shape[0] - m.window_frames + 1, m.hop_frames)
     view = np.lib.stride_tricks.sliding_window_view(frames, m.window_frames, axis=0)[starts].transpose(0, 2, 1)
     x = np.ascontiguousarray(view, dtype=np.float32)
-    probs = np.concatenate([loaded.runner.run(x[i : i + 256]) for i in range(0, len(x), 256)]).astype(np.float64)
+    probs = np.concatenate([loaded.runner.run_windows(x[i : i + 256]) for i in range(0, len(x), 256)]).astype(
+        np.float64
+    )
     centres = (starts * c.hop_length + c.n_samples(m.window_frames) / 2) / c.sample_rate
     return centres, probs
 
@@ -115,13 +118,17 @@ def match(
 
 
 def stream_report(
-    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], thresholds: Mapping[str, float] | None = None
+    loaded: LoadedModel,
+    data_dir: Path,
+    splits: Sequence[str],
+    thresholds: Mapping[str, float] | None = None,
+    engines: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Event F1 and false alarms per hour per engine, over the streams of ``splits``."""
+    """Event F1 and false alarms per hour per engine (all, or ``engines``), over the streams of ``splits``."""
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     rate = loaded.manifest.frontend.sample_rate
     for row in streams_of(data_dir):
-        if row["split"] not in splits:
+        if row["split"] not in splits or (engines is not None and row["engine"] not in engines):
             continue
         audio = read_audio(Path(data_dir) / row["path"], rate)
         times, probs = stream_probabilities(loaded, audio)
@@ -157,17 +164,23 @@ def _event_figures(a: Mapping[str, float]) -> dict[str, Any]:
 # --- clips ------------------------------------------------------------------------------------------------------
 
 
-def clip_rows(data_dir: Path, splits: Sequence[str]) -> list[dict[str, str]]:
+def clip_rows(data_dir: Path, splits: Sequence[str], engines: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """The manifest's rows of ``splits``, of every engine or of ``engines``."""
     with (Path(data_dir) / "manifest.csv").open(newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r["split"] in splits]
+        rows = [r for r in csv.DictReader(f) if r["split"] in splits]
+    return [r for r in rows if engines is None or (r.get("engine") or r["source"]) in engines]
 
 
-def clip_report(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> dict[str, Any]:
+def clip_report(
+    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], engines: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Top-1 accuracy per engine (and per kind of clip) over the clips of ``splits``."""
-    rows = [r for r in clip_rows(data_dir, splits) if (r.get("engine") or "") != "noise"]
+    rows = [r for r in clip_rows(data_dir, splits, engines) if (r.get("engine") or "") != "noise"]
     m = loaded.manifest
     x = extract([Path(data_dir) / r["path"] for r in rows], m.frontend, m.window_frames, progress=False)
-    probs = np.concatenate([loaded.runner.run(x[i : i + 256].astype(np.float32)) for i in range(0, len(x), 256)])
+    probs = np.concatenate(
+        [loaded.runner.run_windows(x[i : i + 256].astype(np.float32)) for i in range(0, len(x), 256)]
+    )
     predicted = [m.labels[int(i)] for i in probs.argmax(axis=1)]
     out: dict[str, Any] = {}
     groups: dict[str, list[bool]] = defaultdict(list)
@@ -182,11 +195,17 @@ def clip_report(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> d
 
 
 def engine_report(
-    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], thresholds: Mapping[str, float] | None = None
+    loaded: LoadedModel,
+    data_dir: Path,
+    splits: Sequence[str],
+    thresholds: Mapping[str, float] | None = None,
+    engines: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Clip accuracy and stream figures per engine, merged."""
-    clips = clip_report(loaded, data_dir, splits)
-    streams = stream_report(loaded, data_dir, splits, thresholds)
+    """Clip accuracy and stream figures per engine (all, or ``engines``), merged.
+
+    ``engines`` with the train split measures a leave-one-engine-out run on the engine it left out."""
+    clips = clip_report(loaded, data_dir, splits, engines)
+    streams = stream_report(loaded, data_dir, splits, thresholds, engines)
     engines = sorted({k.split("/")[0] for k in clips} | set(streams))
     return {
         e: {
@@ -277,10 +296,21 @@ LIMITS = (
 )
 
 
-def model_card(data_manifest: Path) -> dict[str, Any]:
-    """What the version was trained on, per engine: voices and licences, from the training rows of the manifest."""
+def model_card(
+    data_manifest: Path, exclude_engines: Sequence[str] = (), commercial_only: bool = False
+) -> dict[str, Any]:
+    """What the version was trained on, per engine: voices and licences, from the training rows of the manifest
+    that its run kept (``exclude_engines``, ``commercial_only``: hark_training.data.training_selection)."""
     with data_manifest.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        every_row = list(csv.DictReader(f))
+    kept = [
+        kept_for_training(
+            r["split"], r.get("engine") or r["source"], r.get("licence") or "", exclude_engines, commercial_only
+        )
+        for r in every_row
+    ]
+    rows = [r for r, k in zip(every_row, kept, strict=True) if k]
+    left_out = sorted({r.get("engine") or r["source"] for r, k in zip(every_row, kept, strict=True) if not k})
     engines: dict[str, dict[str, Any]] = {}
     for r in rows:
         engine = r.get("engine") or r["source"]
@@ -299,6 +329,7 @@ def model_card(data_manifest: Path) -> dict[str, Any]:
         "held_out_engines": {
             e: sorted(v["splits"]) for e, v in sorted(engines.items()) if not v["clips"] and e != "noise"
         },
+        "left_out_of_training": left_out,
         "training_licences": licences,
         "non_commercial_training_material": any("non-commercial" in lic for lic in licences),
         "intended_use": INTENDED_USE,
@@ -336,7 +367,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         thresholds = None
         if args.use_thresholds:
             thresholds = json.loads((args.version / MANIFEST_FILE).read_text()).get("thresholds") or None
-        report = engine_report(loaded, args.data, args.splits.split(","), thresholds)
+        engines = args.engines.split(",") if args.engines else None
+        report = engine_report(loaded, args.data, args.splits.split(","), thresholds, engines)
     except (OSError, ValueError, RuntimeError, VerificationError) as e:
         print(f"cannot evaluate per engine: {e}", file=sys.stderr)
         return 1
@@ -379,7 +411,12 @@ def _cmd_thresholds(args: argparse.Namespace) -> int:
 
 def _cmd_card(args: argparse.Namespace) -> int:
     try:
-        card = model_card(args.data if args.data.suffix == ".csv" else args.data / "manifest.csv")
+        config = json.loads((args.version / MANIFEST_FILE).read_text()).get("training", {}).get("config", {})
+        card = model_card(
+            args.data if args.data.suffix == ".csv" else args.data / "manifest.csv",
+            config.get("exclude_engines") or (),
+            bool(config.get("commercial_only")),
+        )
         write_model_card(args.version, card)
     except (OSError, ValueError, RuntimeError, VerificationError) as e:
         print(f"cannot write the model card: {e}", file=sys.stderr)
@@ -400,6 +437,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     ev.add_argument("version", type=Path, help="a version folder, e.g. model_store/keywords/2")
     ev.add_argument("--data", type=Path, default=Path("data/keywords"), help="data folder (default: %(default)s)")
     ev.add_argument("--splits", default="val,test", help="comma-separated splits (default: %(default)s)")
+    ev.add_argument(
+        "--engines", help="comma-separated engines only (with --splits train: a leave-one-engine-out run's own)"
+    )
     ev.add_argument("--use-thresholds", action="store_true", help="apply the manifest's per-class thresholds")
     ev.add_argument("--out", type=Path, help="also write the report as JSON here")
     ev.set_defaults(func=_cmd_eval)

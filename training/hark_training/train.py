@@ -332,6 +332,10 @@ def train(
     ``on_epoch`` sees every epoch's metrics row and may raise to end the run (a tuning trial's pruning).
     """
     frontend = frontend or architecture_frontend(config.arch)
+    if config.exclude_engines or config.commercial_only:
+        from hark_training.data import training_selection
+
+        read_manifest = training_selection(read_manifest, config.exclude_engines, config.commercial_only)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -565,6 +569,9 @@ def resolve_config(args: argparse.Namespace, dataset: DataSet | None = None) -> 
             "epochs": args.epochs,
             "seed": args.seed,
             "arch": args.arch,
+            # hark train's own: what the run leaves out of the train split
+            "exclude_engines": getattr(args, "exclude_engines", None),
+            "commercial_only": getattr(args, "commercial_only", None),
         }.items()
         if value is not None
     }
@@ -667,6 +674,18 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         "--build-data",
         action="store_true",
         help="Build the data set first (hark_training.data) if the manifest is missing",
+    )
+    parser.add_argument(
+        "--exclude-engines",
+        type=lambda text: tuple(e for e in text.split(",") if e),
+        metavar="E1,E2",
+        help="Leave these engines' clips out of the train split (leave-one-engine-out; val and test keep theirs)",
+    )
+    parser.add_argument(
+        "--commercial-only",
+        action="store_true",
+        default=None,
+        help="Leave training clips under a non-commercial licence out (the manifest's licence column)",
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bars")
     parser.set_defaults(func=run)
