@@ -9,7 +9,7 @@ Variants (each a server on core 0, gating off, the client on core 1 as in ``benc
 * ``windowed``: Hark with the bundled ``model_store/`` (its newest keywords version, windowed), default settings;
 * ``delay0``: the same with ``max_delay_ms`` 0 (batch only what piles up while the model runs);
 * ``thread``: the same with ``inline_inference`` off (each batch handed to the inference thread);
-* ``streaming``: Hark with ``--streaming-store`` (a streaming version: each hop's frames plus state);
+* ``streaming``: Hark with the bundled streaming model (``keywords-streaming``), or ``--streaming-store``'s;
 * ``workers2``: ``hark serve --workers 2`` with the bundled store, both workers on core 0 (the cost of the
   supervisor and of a second process, not their scaling: that needs a core per worker);
 * ``floor``: the transport floor (``floor_server.py``: the same gRPC API doing no work);
@@ -48,6 +48,7 @@ from loadtest.bench import (
     run_level,
     save_result,
     speech,
+    streaming_version,
 )
 from loadtest.server_process import hark_env
 
@@ -71,7 +72,10 @@ def start(variant: str, args: argparse.Namespace) -> Server | None:
     if variant == "thread":
         return hark_server(store, gate_dbfs="-inf", inline_inference=False)
     if variant == "streaming":
-        return hark_server(args.streaming_store, gate_dbfs="-inf") if args.streaming_store else None
+        version = streaming_version(args.streaming_store or store)
+        if version is None:
+            return None
+        return hark_server(version.parents[1], gate_dbfs="-inf", default_model=version.parent.name)
     if variant == "workers2":
         env = hark_env(store, log_level="info", control_interval_s=0, max_streams=100000, gate_dbfs="-inf")
         return ProcessTree.start([sys.executable, "-m", "hark.cli", "serve", "--workers", "2"], env)
@@ -118,7 +122,7 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="servers to compare")
-    p.add_argument("--streaming-store", type=Path, help="store whose newest version is a streaming model")
+    p.add_argument("--streaming-store", type=Path, help="a store with a streaming model (default: the bundled one)")
     p.add_argument("--old", type=Path, help="another checkout to compare (e.g. git archive ad5cb8b | tar -x -C DIR)")
     p.add_argument("--streams", type=int, default=40, help="concurrent real-time streams in each turn")
     p.add_argument("--rounds", type=int, default=3, help="turns per variant")

@@ -590,6 +590,15 @@ def find_version(store: Path) -> Path:
     raise FileNotFoundError(f"no model version in {store}")
 
 
+def streaming_version(store: Path) -> Path | None:
+    """The newest version of the store's first model whose newest version is a streaming one, if any."""
+    for model in sorted(p for p in store.iterdir() if p.is_dir()):
+        versions = sorted((p for p in model.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        if versions and json.loads((versions[-1] / "manifest.json").read_text()).get("model_kind") == "streaming":
+            return versions[-1]
+    return None
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     with contextlib.suppress(OSError):
@@ -692,14 +701,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
 
-    if args.streaming_store is not None:
-        log(f"Hark with the streaming model of {args.streaming_store} ...")
-        server = hark_server(args.streaming_store, gate_dbfs="-inf")
+    streaming = streaming_version(args.streaming_store or store)
+    if streaming is not None:
+        log(f"Hark with the streaming model {streaming.parent.name}/{streaming.name} ...")
+        server = hark_server(streaming.parents[1], gate_dbfs="-inf", default_model=streaming.parent.name)
         try:
             await run_level(server, 4, speech_chunks, 0.5, 1.0)
             best_streaming, levels = await ramp(server, speech_chunks, args.start)
             result["streaming"] = {
-                "model": str(find_version(args.streaming_store).relative_to(args.streaming_store)),
+                "model": f"{streaming.parent.name}/{streaming.name}",
                 "max_streams": best_streaming,
                 "levels": [lv.summary() for lv in levels],
             }
@@ -976,7 +986,10 @@ def main() -> int:
     parser.add_argument("--no-gating", dest="gate_setting", action="store_false", help="skip gating on/off")
     parser.add_argument("--no-mlserver", action="store_true", help="skip the MLServer peer (loadtest/.venv-mlserver)")
     parser.add_argument(
-        "--streaming-store", type=Path, default=None, help="also ramp a store whose model is a streaming version"
+        "--streaming-store",
+        type=Path,
+        default=None,
+        help="ramp the streaming model of this store (default: the --store's own streaming model, if it has one)",
     )
     parser.add_argument(
         "--workers-scaling", action="store_true", help="also ramp 1 and 2 workers (needs 3 cores: 2 server, 1 load)"

@@ -52,14 +52,12 @@ def stream_responses(scored: Scored, emit_scores: bool) -> list[hark_pb2.StreamR
     """One scored window as responses: its scores (when asked for), then its events."""
     out = []
     if emit_scores and not scored.closing:
-        w = scored.window
-        out.append(
-            hark_pb2.StreamResponse(
-                scores=hark_pb2.WindowScores(
-                    start_s=w.start_s, end_s=w.end_s, scores=scored.scores.tolist(), gated=w.gated
-                )
-            )
-        )
+        # Filled in place: building a WindowScores and passing it in copies it (4.9 against 3.0 us a response).
+        response = hark_pb2.StreamResponse()
+        w, scores = scored.window, response.scores
+        scores.start_s, scores.end_s, scores.gated = w.start_s, w.end_s, w.gated
+        scores.scores.extend(scored.scores.tolist())
+        out.append(response)
     out.extend(hark_pb2.StreamResponse(event=event(e)) for e in scored.events)
     return out
 
