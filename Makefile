@@ -171,17 +171,19 @@ model: $(DEV_STAMP) system-deps-voices  ## Rebuild the many-engines data set, tr
 	$(BIN)/hark export runs/keywords_voices --store $(MODEL_STORE) --name keywords
 	$(call measure,$(MODEL_STORE)/keywords/$$(ls $(MODEL_STORE)/keywords | sort -n | tail -1),training/results/keywords-engines.json)
 
-# $(call measure,VERSION,REPORT): a version trained on data/keywords gets its model card, per-class thresholds for
+KEYWORDS_DATA ?= data/keywords
+
+# $(call measure,VERSION,REPORT): a version trained on $(KEYWORDS_DATA) (make model's data set) gets its model card, per-class thresholds for
 # 2 false alarms an hour of Pico's keyword-free speech (from 0.6, 5 hops smoothed) and its per-engine report.
-measure = $(BIN)/hark engines card $(1) --data data/keywords >/dev/null && \
-	$(BIN)/hark engines thresholds $(1) --data data/keywords --budget 2 --floor 0.6 --smoothing-windows 5 && \
-	$(BIN)/hark engines eval $(1) --data data/keywords --out $(2)
+measure = $(BIN)/hark engines card $(1) --data $(KEYWORDS_DATA) >/dev/null && \
+	$(BIN)/hark engines thresholds $(1) --data $(KEYWORDS_DATA) --budget 2 --floor 0.6 --smoothing-windows 5 && \
+	$(BIN)/hark engines eval $(1) --data $(KEYWORDS_DATA) --out $(2)
 
 # The streaming keyword model (model_store/keywords-streaming): keywords/3's data, a causal TCN exported in streaming
 # form (each hop's frames plus its state), its detection settings chosen the same way. Needs make model's data.
 .PHONY: model-streaming
-model-streaming: $(DEV_STAMP)  ## Train and publish the streaming keyword model keywords-streaming on make model's data (about 10 min)
-	nice -n 10 $(BIN)/hark train --config training/configs/keywords_streaming_voices.toml --data data/keywords/manifest.csv --out runs/keywords_streaming
+model-streaming: $(DEV_STAMP)  ## Train and publish the streaming keyword model keywords-streaming on make model's data (about 30 min)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_streaming_voices.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_streaming
 	$(BIN)/hark export runs/keywords_streaming --store $(MODEL_STORE) --name keywords-streaming
 	$(call measure,$(MODEL_STORE)/keywords-streaming/$$(ls $(MODEL_STORE)/keywords-streaming | sort -n | tail -1),training/results/keywords-streaming-engines.json)
 
@@ -192,17 +194,17 @@ LOEO_ENGINES := mbrola dectalk piper kokoro
 
 .PHONY: model-commercial
 model-commercial: $(DEV_STAMP)  ## keywords/3's recipe on commercially usable material only, measured per engine (about 25 min)
-	nice -n 10 $(BIN)/hark train --config training/configs/keywords_voices.toml --data data/keywords/manifest.csv --commercial-only --out runs/keywords_commercial
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_voices.toml --data $(KEYWORDS_DATA)/manifest.csv --commercial-only --out runs/keywords_commercial
 	rm -rf runs/store-commercial && $(BIN)/hark export runs/keywords_commercial --store runs/store-commercial --name keywords
 	$(call measure,runs/store-commercial/keywords/1,training/results/keywords-commercial-engines.json)
 
 .PHONY: model-loeo
 model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one streaming-recipe run per training engine, each measured on the engine it left out (about 40 min)
 	for E in $(LOEO_ENGINES); do \
-		nice -n 10 $(BIN)/hark train --config training/configs/keywords_streaming_voices.toml --data data/keywords/manifest.csv --exclude-engines $$E --out runs/loeo-$$E --quiet && \
+		nice -n 10 $(BIN)/hark train --config training/configs/keywords_loeo.toml --data $(KEYWORDS_DATA)/manifest.csv --exclude-engines $$E --out runs/loeo-$$E --quiet && \
 		rm -rf runs/store-loeo-$$E && $(BIN)/hark export runs/loeo-$$E --store runs/store-loeo-$$E --name keywords --quiet && \
 		$(call measure,runs/store-loeo-$$E/keywords/1,training/results/loeo-$$E-heldout.json) && \
-		$(BIN)/hark engines eval runs/store-loeo-$$E/keywords/1 --data data/keywords --splits train --engines $$E --out training/results/loeo-$$E.json || exit 1; \
+		$(BIN)/hark engines eval runs/store-loeo-$$E/keywords/1 --data $(KEYWORDS_DATA) --splits train --engines $$E --out training/results/loeo-$$E.json || exit 1; \
 	done
 
 .PHONY: model-espeak
