@@ -187,19 +187,21 @@ model-streaming: $(DEV_STAMP)  ## Train and publish the streaming keyword model 
 	$(BIN)/hark export runs/keywords_streaming --store $(MODEL_STORE) --name keywords-streaming
 	$(call measure,$(MODEL_STORE)/keywords-streaming/$$(ls $(MODEL_STORE)/keywords-streaming | sort -n | tail -1),training/results/keywords-streaming-engines.json)
 
-# What the licences cost: keywords/3's recipe without its non-commercial training material (MBROLA, DECtalk), into
-# runs/store-commercial; and leave-one-engine-out: the streaming recipe trained without each training engine in turn,
-# then measured on everything that engine said (training/results/loeo-ENGINE.json). Both need make model's data.
+# What the licences cost and what each engine adds, measured with the leave-one-engine-out recipe
+# (training/configs/keywords_loeo.toml: the streaming architecture at 64 channels, 5 min a run; its all-engines
+# baseline is training/results/loeo-none-heldout.json): that recipe without the non-commercial training material
+# (MBROLA, DECtalk) into runs/store-commercial, and without each training engine in turn, each then measured on
+# everything that engine said (training/results/loeo-ENGINE.json). Both need make model's data.
 LOEO_ENGINES := mbrola dectalk piper kokoro
 
 .PHONY: model-commercial
-model-commercial: $(DEV_STAMP)  ## keywords/3's recipe on commercially usable material only, measured per engine (about 25 min)
-	nice -n 10 $(BIN)/hark train --config training/configs/keywords_voices.toml --data $(KEYWORDS_DATA)/manifest.csv --commercial-only --out runs/keywords_commercial
+model-commercial: $(DEV_STAMP)  ## The leave-one-engine-out recipe on commercially usable material only, measured per engine (about 10 min)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_loeo.toml --data $(KEYWORDS_DATA)/manifest.csv --commercial-only --out runs/keywords_commercial
 	rm -rf runs/store-commercial && $(BIN)/hark export runs/keywords_commercial --store runs/store-commercial --name keywords
 	$(call measure,runs/store-commercial/keywords/1,training/results/keywords-commercial-engines.json)
 
 .PHONY: model-loeo
-model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one streaming-recipe run per training engine, each measured on the engine it left out (about 40 min)
+model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one run per training engine, each measured on the engine it left out (about 40 min)
 	for E in $(LOEO_ENGINES); do \
 		nice -n 10 $(BIN)/hark train --config training/configs/keywords_loeo.toml --data $(KEYWORDS_DATA)/manifest.csv --exclude-engines $$E --out runs/loeo-$$E --quiet && \
 		rm -rf runs/store-loeo-$$E && $(BIN)/hark export runs/loeo-$$E --store runs/store-loeo-$$E --name keywords --quiet && \

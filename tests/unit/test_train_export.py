@@ -64,11 +64,21 @@ def test_features_are_the_serving_frontend(manifest: Path) -> None:
 
 def test_features_are_cached_next_to_the_manifest(manifest: Path) -> None:
     first = load_splits(manifest, LABELS, FrontendConfig(), 98, read=read_data_manifest, splits=("val",))["val"]
-    cached = list((manifest.parent / "features").glob("*/val_x.npy"))
+    cached = list((manifest.parent / "features").glob("*/val-*_x.npy"))
     assert len(cached) == 1
     again = load_splits(manifest, LABELS, FrontendConfig(), 98, read=read_data_manifest, splits=("val",))["val"]
     np.testing.assert_array_equal(first.x, again.x)
     assert list(again.y) == [i for i in range(len(LABELS)) for _ in range(PER_SPLIT["val"])]
+
+
+def test_a_selection_of_the_clips_is_cached_as_itself(manifest: Path) -> None:
+    """A run that leaves clips out (an engine, non-commercial material) must not be served the whole split."""
+    whole = load_splits(manifest, LABELS, FrontendConfig(), 98, read=read_data_manifest, splits=("val",))["val"]
+    kept = {r.path for r in [r for r in read_data_manifest(manifest) if r.split == "val"][::2]}
+    half = lambda path: [r for r in read_data_manifest(path) if r.path in kept]  # noqa: E731
+    part = load_splits(manifest, LABELS, FrontendConfig(), 98, read=half, splits=("val",))["val"]
+    assert len(part) == (len(whole) + 1) // 2
+    np.testing.assert_array_equal(part.x, whole.x[::2])
 
 
 def test_clips_of_other_lengths_give_whole_windows(tmp_path: Path) -> None:

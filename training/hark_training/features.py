@@ -151,15 +151,18 @@ def load_split(
 ) -> SplitFeatures:
     """One split's features, from the cache next to ``manifest`` or computed (then cached).
 
-    ``multilabel`` makes ``y`` multi-hot rows (a clip's ``label`` may name several classes, or none).
+    ``records`` may be a selection of the manifest's clips (a run that leaves an engine out), so the cache is
+    keyed by the clips themselves as well as by the manifest. ``multilabel`` makes ``y`` multi-hot rows (a
+    clip's ``label`` may name several classes, or none).
     """
+    rows = [r for r in records if r.split == split]
     key = cache_key(sha256_file(manifest), frontend, window_frames, labels, multilabel)
+    selection = hashlib.sha256("\n".join(str(r.path) for r in rows).encode()).hexdigest()[:12]
     folder = manifest.parent / "features" / key
-    x_path, y_path = folder / f"{split}_x.npy", folder / f"{split}_y.npy"
+    x_path, y_path = folder / f"{split}-{selection}_x.npy", folder / f"{split}-{selection}_y.npy"
     if x_path.is_file() and y_path.is_file():
         return SplitFeatures(x=np.load(x_path), y=np.load(y_path))
     index = {label: i for i, label in enumerate(labels)}
-    rows = [r for r in records if r.split == split]
     per_row = [clip_labels(r.label) if multilabel else (r.label,) for r in rows]
     if unknown := {label for names in per_row for label in names} - set(index):
         raise ValueError(f"{manifest} has labels {sorted(unknown)} that are not among {list(labels)}")
