@@ -196,7 +196,8 @@ class ClassifierService(hark_pb2_grpc.ClassifierServicer):
             raise Refusal(
                 "INVALID_ARGUMENT", "a message is not a valid hark.v1.StreamRequest (malformed protobuf)"
             ) from None
-        deadline.pause()
+        finally:
+            deadline.pause()  # whatever came, the server answers it without a deadline of its own
         if request is grpc.aio.EOF:
             remaining = context.time_remaining()
             if context.done() or (remaining is not None and remaining <= 0):
