@@ -45,7 +45,7 @@ from hark.core.model_store import (
 from hark.core.postprocess import DetectionOverrides, PostprocessConfig, Postprocessor
 from hark_training.data import kept_for_training
 from hark_training.features import extract
-from hark_training.voices import parse_events, streams_of
+from hark_training.voices import engine_list, parse_events, streams_of
 
 FloatArray = npt.NDArray[np.float64]
 EARLY_S, LATE_S = 0.3, 1.2
@@ -303,14 +303,14 @@ def model_card(
     that its run kept (``exclude_engines``, ``commercial_only``: hark_training.data.training_selection)."""
     with data_manifest.open(newline="", encoding="utf-8") as f:
         every_row = list(csv.DictReader(f))
-    kept = [
-        kept_for_training(
-            r["split"], r.get("engine") or r["source"], r.get("licence") or "", exclude_engines, commercial_only
-        )
-        for r in every_row
-    ]
-    rows = [r for r, k in zip(every_row, kept, strict=True) if k]
-    left_out = sorted({r.get("engine") or r["source"] for r, k in zip(every_row, kept, strict=True) if not k})
+    rows: list[dict[str, str]] = []
+    left_out: set[str] = set()
+    for r in every_row:
+        engine = r.get("engine") or r["source"]
+        if kept_for_training(r["split"], engine, r.get("licence") or "", exclude_engines, commercial_only):
+            rows.append(r)
+        else:
+            left_out.add(engine)
     engines: dict[str, dict[str, Any]] = {}
     for r in rows:
         engine = r.get("engine") or r["source"]
@@ -329,7 +329,7 @@ def model_card(
         "held_out_engines": {
             e: sorted(v["splits"]) for e, v in sorted(engines.items()) if not v["clips"] and e != "noise"
         },
-        "left_out_of_training": left_out,
+        "left_out_of_training": sorted(left_out),
         "training_licences": licences,
         "non_commercial_training_material": any("non-commercial" in lic for lic in licences),
         "intended_use": INTENDED_USE,
@@ -367,8 +367,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         thresholds = None
         if args.use_thresholds:
             thresholds = json.loads((args.version / MANIFEST_FILE).read_text()).get("thresholds") or None
-        engines = args.engines.split(",") if args.engines else None
-        report = engine_report(loaded, args.data, args.splits.split(","), thresholds, engines)
+        report = engine_report(loaded, args.data, args.splits.split(","), thresholds, args.engines or None)
     except (OSError, ValueError, RuntimeError, VerificationError) as e:
         print(f"cannot evaluate per engine: {e}", file=sys.stderr)
         return 1
@@ -438,7 +437,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     ev.add_argument("--data", type=Path, default=Path("data/keywords"), help="data folder (default: %(default)s)")
     ev.add_argument("--splits", default="val,test", help="comma-separated splits (default: %(default)s)")
     ev.add_argument(
-        "--engines", help="comma-separated engines only (with --splits train: a leave-one-engine-out run's own)"
+        "--engines",
+        type=engine_list,
+        metavar="LIST",
+        help="comma-separated engines only (with --splits train: a leave-one-engine-out run's own)",
     )
     ev.add_argument("--use-thresholds", action="store_true", help="apply the manifest's per-class thresholds")
     ev.add_argument("--out", type=Path, help="also write the report as JSON here")
