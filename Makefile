@@ -209,6 +209,19 @@ model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one run per training engine, 
 		$(BIN)/hark engines eval runs/store-loeo-$$E/keywords/1 --data $(KEYWORDS_DATA) --splits train --engines $$E --out training/results/loeo-$$E.json || exit 1; \
 	done
 
+# The real-speech teacher and the distilled student: the oww_transfer recipe (openWakeWord's backbone, pretrained on
+# recorded human speech) fine-tuned on make model's data, then keywords/3's recipe with half of each target taken from
+# the teacher's softened scores. The teacher holds the backbone's weights (CC BY-NC-SA 4.0), so it goes to
+# runs/store-teacher only; the student (weights of its own) to runs/store-distilled. Both measured per engine.
+.PHONY: model-distilled
+model-distilled: $(DEV_STAMP)  ## The fine-tuned real-speech teacher and the student distilled from it, measured per engine (about 1.5 h)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_teacher.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_teacher
+	rm -rf runs/store-teacher && $(BIN)/hark export runs/keywords_teacher --store runs/store-teacher --name keywords
+	$(call measure,runs/store-teacher/keywords/1,training/results/keywords-teacher-engines.json)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_distilled.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_distilled
+	rm -rf runs/store-distilled && $(BIN)/hark export runs/keywords_distilled --store runs/store-distilled --name keywords
+	$(call measure,runs/store-distilled/keywords/1,training/results/keywords-distilled-engines.json)
+
 .PHONY: model-espeak
 model-espeak: $(DEV_STAMP) system-deps  ## The first bundled model's recipe (keywords/1: espeak-ng words only, about 25 min) into runs/store-espeak
 	$(BIN)/hark data build --out data/keywords-espeak

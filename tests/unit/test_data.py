@@ -170,6 +170,20 @@ def test_a_run_can_leave_engines_or_non_commercial_material_out_of_training_only
     assert names(data.training_selection(read_manifest, commercial_only=True)) == ["a.wav", "d.wav", "e.wav"]
 
 
+def test_a_run_can_leave_kinds_of_clip_out_of_training_only(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "path,label,split,voice,source,engine,licence,kind\n"
+        "a.wav,yes,train,x,espeak-ng,espeak-ng,GPL-3.0,word\n"
+        "b.wav,yes,train,x,espeak-ng,espeak-ng,GPL-3.0,sentence\n"
+        "c.wav,_unknown_,train,x,espeak-ng,espeak-ng,GPL-3.0,free\n"
+        "d.wav,_unknown_,val,x,espeak-ng,espeak-ng,GPL-3.0,free\n"
+    )
+    assert read_manifest(manifest)[1].kind == "sentence"
+    without_running_speech = data.training_selection(read_manifest, exclude_kinds=["sentence", "free"])
+    assert [r.path.name for r in without_running_speech(manifest)] == ["a.wav", "d.wav"]
+
+
 def test_read_manifest_rejects_an_unknown_split(tmp_path: Path) -> None:
     bad = tmp_path / "manifest.csv"
     bad.write_text("path,label,split,voice,source\nmaybe/1.wav,maybe,training,en+m3,espeak-ng\n")

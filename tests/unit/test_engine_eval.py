@@ -137,3 +137,20 @@ def test_the_model_card_lists_training_engines_licences_and_held_out_engines(tmp
         assert set(card["training_engines"]) == {"espeak-ng"}
         assert card["left_out_of_training"] == ["mbrola"]
         assert card["non_commercial_training_material"] is False
+
+
+def test_a_run_without_running_speech_keeps_its_engines_and_names_the_kinds_it_left_out(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "path,label,split,voice,source,engine,licence,kind\n"
+        "a.wav,yes,train,x,espeak-ng,espeak-ng,GPL-3.0,word\n"
+        "b.wav,_unknown_,train,x,espeak-ng,espeak-ng,GPL-3.0,free\n"
+        "c.wav,no,train,joe,piper,piper,CC0,sentence\n"
+        "d.wav,go,test,bdl,rhvoice,rhvoice,LGPL-2.1,word\n"
+    )
+    card = engine_eval.model_card(manifest, exclude_kinds=["sentence", "free"])
+    # piper said only running speech, so it is left out; espeak-ng keeps its words
+    assert card["training_engines"]["espeak-ng"]["clips"] == 1
+    assert card["left_out_of_training"] == ["piper"]
+    assert card["left_out_kinds"] == ["free", "sentence"]
+    assert "left_out_kinds" not in engine_eval.model_card(manifest)

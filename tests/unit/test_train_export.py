@@ -164,6 +164,8 @@ def test_commands_register_and_override_the_config(tmp_path: Path) -> None:
     config = resolve_config(args)
     assert (config.epochs, config.seed, config.arch, config.run_dir) == (7, 5, "cnn", Path("runs/x"))
     assert args.func is train_mod.run
+    args = parser.parse_args(["train", "--config", str(tmp_path / "c.toml"), "--exclude-kinds", "sentence,free"])
+    assert resolve_config(args).exclude_kinds == ("sentence", "free")
     args = parser.parse_args(["export", "runs/x", "--store", str(tmp_path)])
     assert (args.run_dir, args.store, args.name, args.func) == (
         Path("runs/x"),

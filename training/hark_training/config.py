@@ -216,6 +216,11 @@ class TrainConfig(BaseModel):
     commercial_only: bool = Field(
         False, description="Leave training clips whose licence is non-commercial out of the train split."
     )
+    exclude_kinds: tuple[str, ...] = Field(
+        (),
+        description="Leave training clips of these kinds (the manifest's kind column: word, sentence, free, "
+        "noise) out of the train split: what running speech buys is a run without sentence and free.",
+    )
 
     @property
     def run_dir(self) -> Path:

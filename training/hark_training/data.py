@@ -147,6 +147,7 @@ class ClipRecord:
     source: str
     engine: str = ""
     licence: str = ""
+    kind: str = ""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -155,23 +156,38 @@ class ClipRecord:
 
 
 def kept_for_training(
-    split: str, engine: str, licence: str, exclude_engines: Iterable[str] = (), commercial_only: bool = False
+    split: str,
+    engine: str,
+    licence: str,
+    exclude_engines: Iterable[str] = (),
+    commercial_only: bool = False,
+    kind: str = "",
+    exclude_kinds: Iterable[str] = (),
 ) -> bool:
-    """Whether a run that leaves out ``exclude_engines`` (and, with ``commercial_only``, non-commercial
-    material) keeps a clip. Val and test keep every clip, so runs that differ only in what they train on are
-    measured on the same clips."""
+    """Whether a run that leaves out ``exclude_engines``, ``exclude_kinds`` (the manifest's ``kind``: ``word``,
+    ``sentence``, ``free``, ``noise``) and, with ``commercial_only``, non-commercial material keeps a clip. Val
+    and test keep every clip, so runs that differ only in what they train on are measured on the same clips."""
     if split != "train":
         return True
-    return engine not in set(exclude_engines) and not (commercial_only and NON_COMMERCIAL in licence)
+    return (
+        engine not in set(exclude_engines)
+        and kind not in set(exclude_kinds)
+        and not (commercial_only and NON_COMMERCIAL in licence)
+    )
 
 
 def training_selection(
-    read: Callable[[Path], Sequence[ClipRecord]], exclude_engines: Iterable[str] = (), commercial_only: bool = False
+    read: Callable[[Path], Sequence[ClipRecord]],
+    exclude_engines: Iterable[str] = (),
+    commercial_only: bool = False,
+    exclude_kinds: Iterable[str] = (),
 ) -> Callable[[Path], list[ClipRecord]]:
     """``read`` less the training clips a run leaves out (:func:`kept_for_training`)."""
-    excluded = tuple(exclude_engines)
+    engines, kinds = tuple(exclude_engines), tuple(exclude_kinds)
     return lambda path: [
-        r for r in read(path) if kept_for_training(r.split, r.engine, r.licence, excluded, commercial_only)
+        r
+        for r in read(path)
+        if kept_for_training(r.split, r.engine, r.licence, engines, commercial_only, r.kind, kinds)
     ]
 
 
@@ -545,6 +561,7 @@ def read_manifest(path: Path) -> list[ClipRecord]:
                     row["source"],
                     row.get("engine") or row["source"],
                     row.get("licence") or "",
+                    row.get("kind") or "",
                 )
             )
     return records

@@ -297,20 +297,25 @@ LIMITS = (
 
 
 def model_card(
-    data_manifest: Path, exclude_engines: Sequence[str] = (), commercial_only: bool = False
+    data_manifest: Path,
+    exclude_engines: Sequence[str] = (),
+    commercial_only: bool = False,
+    exclude_kinds: Sequence[str] = (),
 ) -> dict[str, Any]:
     """What the version was trained on, per engine: voices and licences, from the training rows of the manifest
-    that its run kept (``exclude_engines``, ``commercial_only``: hark_training.data.training_selection)."""
+    that its run kept (``exclude_engines``, ``commercial_only``, ``exclude_kinds``:
+    hark_training.data.training_selection)."""
     with data_manifest.open(newline="", encoding="utf-8") as f:
         every_row = list(csv.DictReader(f))
     rows: list[dict[str, str]] = []
-    left_out: set[str] = set()
+    trimmed: set[str] = set()  # engines some of whose training clips the run left out
     for r in every_row:
         engine = r.get("engine") or r["source"]
-        if kept_for_training(r["split"], engine, r.get("licence") or "", exclude_engines, commercial_only):
+        licence, kind = r.get("licence") or "", r.get("kind") or ""
+        if kept_for_training(r["split"], engine, licence, exclude_engines, commercial_only, kind, exclude_kinds):
             rows.append(r)
         else:
-            left_out.add(engine)
+            trimmed.add(engine)
     engines: dict[str, dict[str, Any]] = {}
     for r in rows:
         engine = r.get("engine") or r["source"]
@@ -329,7 +334,8 @@ def model_card(
         "held_out_engines": {
             e: sorted(v["splits"]) for e, v in sorted(engines.items()) if not v["clips"] and e != "noise"
         },
-        "left_out_of_training": sorted(left_out),
+        "left_out_of_training": sorted(trimmed - set(training)),
+        **({"left_out_kinds": sorted(exclude_kinds)} if exclude_kinds else {}),
         "training_licences": licences,
         "non_commercial_training_material": any("non-commercial" in lic for lic in licences),
         "intended_use": INTENDED_USE,
@@ -415,6 +421,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
             args.data if args.data.suffix == ".csv" else args.data / "manifest.csv",
             config.get("exclude_engines") or (),
             bool(config.get("commercial_only")),
+            config.get("exclude_kinds") or (),
         )
         write_model_card(args.version, card)
     except (OSError, ValueError, RuntimeError, VerificationError) as e:

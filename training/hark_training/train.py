@@ -332,10 +332,12 @@ def train(
     ``on_epoch`` sees every epoch's metrics row and may raise to end the run (a tuning trial's pruning).
     """
     frontend = frontend or architecture_frontend(config.arch)
-    if config.exclude_engines or config.commercial_only:
+    if config.exclude_engines or config.commercial_only or config.exclude_kinds:
         from hark_training.data import training_selection
 
-        read_manifest = training_selection(read_manifest, config.exclude_engines, config.commercial_only)
+        read_manifest = training_selection(
+            read_manifest, config.exclude_engines, config.commercial_only, config.exclude_kinds
+        )
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -572,6 +574,7 @@ def resolve_config(args: argparse.Namespace, dataset: DataSet | None = None) -> 
             # hark train's own: what the run leaves out of the train split
             "exclude_engines": getattr(args, "exclude_engines", None),
             "commercial_only": getattr(args, "commercial_only", None),
+            "exclude_kinds": getattr(args, "exclude_kinds", None),
         }.items()
         if value is not None
     }
@@ -686,6 +689,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         action="store_true",
         default=None,
         help="Leave training clips under a non-commercial licence out (the manifest's licence column)",
+    )
+    parser.add_argument(
+        "--exclude-kinds",
+        type=lambda text: tuple(k for k in text.split(",") if k),
+        metavar="K1,K2",
+        help="Leave training clips of these kinds out (the manifest's kind column: word, sentence, free, noise); "
+        "--exclude-kinds sentence,free trains without running speech",
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bars")
     parser.set_defaults(func=run)
