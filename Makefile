@@ -212,15 +212,28 @@ model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one run per training engine, 
 # The real-speech teacher and the distilled student: the oww_transfer recipe (openWakeWord's backbone, pretrained on
 # recorded human speech) fine-tuned on make model's data, then keywords/3's recipe with half of each target taken from
 # the teacher's softened scores. The teacher holds the backbone's weights (CC BY-NC-SA 4.0), so it goes to
-# runs/store-teacher only; the student (weights of its own) to runs/store-distilled. Both measured per engine.
+# runs/store-teacher only (serve it with --store runs/store-teacher); the student to runs/store-distilled. Both
+# measured per engine. Needs make model's data.
 .PHONY: model-distilled
-model-distilled: $(DEV_STAMP)  ## The fine-tuned real-speech teacher and the student distilled from it, measured per engine (about 1.5 h)
+model-distilled: $(DEV_STAMP)  ## The fine-tuned real-speech teacher and keywords/3's recipe distilled from it, measured per engine (about 1 h)
 	nice -n 10 $(BIN)/hark train --config training/configs/keywords_teacher.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_teacher
 	rm -rf runs/store-teacher && $(BIN)/hark export runs/keywords_teacher --store runs/store-teacher --name keywords
 	$(call measure,runs/store-teacher/keywords/1,training/results/keywords-teacher-engines.json)
 	nice -n 10 $(BIN)/hark train --config training/configs/keywords_distilled.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_distilled
 	rm -rf runs/store-distilled && $(BIN)/hark export runs/keywords_distilled --store runs/store-distilled --name keywords
 	$(call measure,runs/store-distilled/keywords/1,training/results/keywords-distilled-engines.json)
+
+# What running speech and distillation each buy, on the leave-one-engine-out recipe (5 min a run; its run on every
+# engine is training/results/loeo-none-heldout.json): without the running-speech clips (--exclude-kinds
+# sentence,free), and distilled from make model-distilled's teacher (run that first).
+.PHONY: model-steps
+model-steps: $(DEV_STAMP)  ## The 5-minute recipe without running speech, and distilled from the teacher, measured per engine (about 20 min)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_loeo.toml --data $(KEYWORDS_DATA)/manifest.csv --exclude-kinds sentence,free --out runs/loeo-words --quiet
+	rm -rf runs/store-loeo-words && $(BIN)/hark export runs/loeo-words --store runs/store-loeo-words --name keywords --quiet
+	$(call measure,runs/store-loeo-words/keywords/1,training/results/loeo-words-heldout.json)
+	nice -n 10 $(BIN)/hark train --config training/configs/keywords_loeo_distilled.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/loeo-distilled --quiet
+	rm -rf runs/store-loeo-distilled && $(BIN)/hark export runs/loeo-distilled --store runs/store-loeo-distilled --name keywords --quiet
+	$(call measure,runs/store-loeo-distilled/keywords/1,training/results/loeo-distilled-heldout.json)
 
 .PHONY: model-espeak
 model-espeak: $(DEV_STAMP) system-deps  ## The first bundled model's recipe (keywords/1: espeak-ng words only, about 25 min) into runs/store-espeak
