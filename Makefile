@@ -212,10 +212,10 @@ model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one run per training engine, 
 # The real-speech teacher and the distilled student: the oww_transfer recipe (openWakeWord's backbone, pretrained on
 # recorded human speech) fine-tuned on make model's data, then keywords/3's recipe with half of each target taken from
 # the teacher's softened scores. The teacher holds the backbone's weights (CC BY-NC-SA 4.0), so it goes to
-# runs/store-teacher only (serve it with --store runs/store-teacher); the student to runs/store-distilled. Both
+# runs/store-teacher only (serve it with hark serve --model-store runs/store-teacher); the student to runs/store-distilled. Both
 # measured per engine. Needs make model's data.
 .PHONY: model-distilled
-model-distilled: $(DEV_STAMP)  ## The fine-tuned real-speech teacher and keywords/3's recipe distilled from it, measured per engine (about 1 h)
+model-distilled: $(DEV_STAMP)  ## The fine-tuned real-speech teacher and keywords/3's recipe distilled from it, measured per engine (about 70 min)
 	nice -n 10 $(BIN)/hark train --config training/configs/keywords_teacher.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_teacher
 	rm -rf runs/store-teacher && $(BIN)/hark export runs/keywords_teacher --store runs/store-teacher --name keywords
 	$(call measure,runs/store-teacher/keywords/1,training/results/keywords-teacher-engines.json)
