@@ -163,11 +163,11 @@ def test_a_run_can_leave_engines_or_non_commercial_material_out_of_training_only
         "d.wav,no,val,de4,espeak-ng,mbrola,MBROLA voice licence (non-commercial)\n"
         "e.wav,go,test,bdl,rhvoice,rhvoice,LGPL-2.1\n"
     )
-    names = lambda read: [r.path.name for r in read(manifest)]  # noqa: E731
-    assert names(data.training_selection(read_manifest)) == ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
-    assert names(data.training_selection(read_manifest, ["mbrola"])) == ["a.wav", "c.wav", "d.wav", "e.wav"]
+    kept = lambda selection: [r.path.name for r in data.training_selection(read_manifest, selection)(manifest)]  # noqa: E731
+    assert kept(data.TrainingSelection()) == ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
+    assert kept(data.TrainingSelection(exclude_engines=("mbrola",))) == ["a.wav", "c.wav", "d.wav", "e.wav"]
     # val and test keep every engine's clips: runs that train on less are measured on the same clips
-    assert names(data.training_selection(read_manifest, commercial_only=True)) == ["a.wav", "d.wav", "e.wav"]
+    assert kept(data.TrainingSelection(commercial_only=True)) == ["a.wav", "d.wav", "e.wav"]
 
 
 def test_a_run_can_leave_kinds_of_clip_out_of_training_only(tmp_path: Path) -> None:
@@ -180,7 +180,9 @@ def test_a_run_can_leave_kinds_of_clip_out_of_training_only(tmp_path: Path) -> N
         "d.wav,_unknown_,val,x,espeak-ng,espeak-ng,GPL-3.0,free\n"
     )
     assert read_manifest(manifest)[1].kind == "sentence"
-    without_running_speech = data.training_selection(read_manifest, exclude_kinds=["sentence", "free"])
+    without_running_speech = data.training_selection(
+        read_manifest, data.TrainingSelection(exclude_kinds=("sentence", "free"))
+    )
     assert [r.path.name for r in without_running_speech(manifest)] == ["a.wav", "d.wav"]
 
 

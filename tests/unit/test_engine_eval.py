@@ -15,6 +15,7 @@ import soundfile as sf
 
 from hark.core.model_store import load_version, read_manifest
 from hark_training import engine_eval
+from hark_training.data import TrainingSelection
 from hark_training.voices import STREAM_COLUMNS, STREAMS_FILE
 from tests.fixtures_models import noise, publish_tiny, quiet
 
@@ -133,7 +134,10 @@ def test_the_model_card_lists_training_engines_licences_and_held_out_engines(tmp
     assert read_manifest(version).training["model_card"]["training_licences"] == card["training_licences"]
 
     # A run that left MBROLA out (or kept commercial material only) is described by what it trained on.
-    for card in (engine_eval.model_card(manifest, ["mbrola"]), engine_eval.model_card(manifest, commercial_only=True)):
+    for card in (
+        engine_eval.model_card(manifest, TrainingSelection(("mbrola",))),
+        engine_eval.model_card(manifest, TrainingSelection(commercial_only=True)),
+    ):
         assert set(card["training_engines"]) == {"espeak-ng"}
         assert card["left_out_of_training"] == ["mbrola"]
         assert card["non_commercial_training_material"] is False
@@ -148,7 +152,7 @@ def test_a_run_without_running_speech_keeps_its_engines_and_names_the_kinds_it_l
         "c.wav,no,train,joe,piper,piper,CC0,sentence\n"
         "d.wav,go,test,bdl,rhvoice,rhvoice,LGPL-2.1,word\n"
     )
-    card = engine_eval.model_card(manifest, exclude_kinds=["sentence", "free"])
+    card = engine_eval.model_card(manifest, TrainingSelection(exclude_kinds=("sentence", "free")))
     # piper said only running speech, so it is left out; espeak-ng keeps its words
     assert card["training_engines"]["espeak-ng"]["clips"] == 1
     assert card["left_out_of_training"] == ["piper"]

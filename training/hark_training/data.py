@@ -155,40 +155,38 @@ class ClipRecord:
         return clip_labels(self.label)
 
 
-def kept_for_training(
-    split: str,
-    engine: str,
-    licence: str,
-    exclude_engines: Iterable[str] = (),
-    commercial_only: bool = False,
-    kind: str = "",
-    exclude_kinds: Iterable[str] = (),
-) -> bool:
-    """Whether a run that leaves out ``exclude_engines``, ``exclude_kinds`` (the manifest's ``kind``: ``word``,
-    ``sentence``, ``free``, ``noise``) and, with ``commercial_only``, non-commercial material keeps a clip. Val
-    and test keep every clip, so runs that differ only in what they train on are measured on the same clips."""
-    if split != "train":
-        return True
-    return (
-        engine not in set(exclude_engines)
-        and kind not in set(exclude_kinds)
-        and not (commercial_only and NON_COMMERCIAL in licence)
-    )
+@dataclass(frozen=True)
+class TrainingSelection:
+    """What a run leaves out of the train split: whole engines, kinds of clip (the manifest's ``kind``: ``word``,
+    ``sentence``, ``free``, ``noise``) and, with ``commercial_only``, non-commercial material. Val and test keep
+    every clip, so runs that differ only in what they train on are measured on the same clips."""
+
+    exclude_engines: tuple[str, ...] = ()
+    commercial_only: bool = False
+    exclude_kinds: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        """Whether the selection leaves anything out."""
+        return bool(self.exclude_engines or self.commercial_only or self.exclude_kinds)
+
+    def keeps(self, split: str, engine: str, licence: str, kind: str = "") -> bool:
+        if split != "train":
+            return True
+        return (
+            engine not in self.exclude_engines
+            and kind not in self.exclude_kinds
+            and not (self.commercial_only and NON_COMMERCIAL in licence)
+        )
+
+
+EVERY_CLIP = TrainingSelection()
 
 
 def training_selection(
-    read: Callable[[Path], Sequence[ClipRecord]],
-    exclude_engines: Iterable[str] = (),
-    commercial_only: bool = False,
-    exclude_kinds: Iterable[str] = (),
+    read: Callable[[Path], Sequence[ClipRecord]], selection: TrainingSelection
 ) -> Callable[[Path], list[ClipRecord]]:
-    """``read`` less the training clips a run leaves out (:func:`kept_for_training`)."""
-    engines, kinds = tuple(exclude_engines), tuple(exclude_kinds)
-    return lambda path: [
-        r
-        for r in read(path)
-        if kept_for_training(r.split, r.engine, r.licence, engines, commercial_only, r.kind, kinds)
-    ]
+    """``read`` less the training clips ``selection`` leaves out."""
+    return lambda path: [r for r in read(path) if selection.keeps(r.split, r.engine, r.licence, r.kind)]
 
 
 def is_background(label: str) -> bool:

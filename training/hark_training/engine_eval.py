@@ -43,7 +43,7 @@ from hark.core.model_store import (
     read_manifest,
 )
 from hark.core.postprocess import DetectionOverrides, PostprocessConfig, Postprocessor
-from hark_training.data import kept_for_training
+from hark_training.data import EVERY_CLIP, TrainingSelection
 from hark_training.features import extract
 from hark_training.voices import engine_list, parse_events, streams_of
 
@@ -296,23 +296,16 @@ LIMITS = (
 )
 
 
-def model_card(
-    data_manifest: Path,
-    exclude_engines: Sequence[str] = (),
-    commercial_only: bool = False,
-    exclude_kinds: Sequence[str] = (),
-) -> dict[str, Any]:
+def model_card(data_manifest: Path, selection: TrainingSelection = EVERY_CLIP) -> dict[str, Any]:
     """What the version was trained on, per engine: voices and licences, from the training rows of the manifest
-    that its run kept (``exclude_engines``, ``commercial_only``, ``exclude_kinds``:
-    hark_training.data.training_selection)."""
+    that its run's ``selection`` kept."""
     with data_manifest.open(newline="", encoding="utf-8") as f:
         every_row = list(csv.DictReader(f))
     rows: list[dict[str, str]] = []
     trimmed: set[str] = set()  # engines some of whose training clips the run left out
     for r in every_row:
         engine = r.get("engine") or r["source"]
-        licence, kind = r.get("licence") or "", r.get("kind") or ""
-        if kept_for_training(r["split"], engine, licence, exclude_engines, commercial_only, kind, exclude_kinds):
+        if selection.keeps(r["split"], engine, r.get("licence") or "", r.get("kind") or ""):
             rows.append(r)
         else:
             trimmed.add(engine)
@@ -335,7 +328,7 @@ def model_card(
             e: sorted(v["splits"]) for e, v in sorted(engines.items()) if not v["clips"] and e != "noise"
         },
         "left_out_of_training": sorted(trimmed - set(training)),
-        **({"left_out_kinds": sorted(exclude_kinds)} if exclude_kinds else {}),
+        **({"left_out_kinds": sorted(selection.exclude_kinds)} if selection.exclude_kinds else {}),
         "training_licences": licences,
         "non_commercial_training_material": any("non-commercial" in lic for lic in licences),
         "intended_use": INTENDED_USE,
@@ -419,9 +412,11 @@ def _cmd_card(args: argparse.Namespace) -> int:
         config = json.loads((args.version / MANIFEST_FILE).read_text()).get("training", {}).get("config", {})
         card = model_card(
             args.data if args.data.suffix == ".csv" else args.data / "manifest.csv",
-            config.get("exclude_engines") or (),
-            bool(config.get("commercial_only")),
-            config.get("exclude_kinds") or (),
+            TrainingSelection(
+                tuple(config.get("exclude_engines") or ()),
+                bool(config.get("commercial_only")),
+                tuple(config.get("exclude_kinds") or ()),
+            ),
         )
         write_model_card(args.version, card)
     except (OSError, ValueError, RuntimeError, VerificationError) as e:

@@ -332,12 +332,10 @@ def train(
     ``on_epoch`` sees every epoch's metrics row and may raise to end the run (a tuning trial's pruning).
     """
     frontend = frontend or architecture_frontend(config.arch)
-    if config.exclude_engines or config.commercial_only or config.exclude_kinds:
-        from hark_training.data import training_selection
+    from hark_training.data import TrainingSelection, training_selection
 
-        read_manifest = training_selection(
-            read_manifest, config.exclude_engines, config.commercial_only, config.exclude_kinds
-        )
+    if selection := TrainingSelection(config.exclude_engines, config.commercial_only, config.exclude_kinds):
+        read_manifest = training_selection(read_manifest, selection)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
