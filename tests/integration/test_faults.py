@@ -199,7 +199,9 @@ async def test_a_connection_cut_mid_response_frees_the_stream(hark: Hark, capfd:
         stream.send(*audio_requests(noise(30.0)))
         await asyncio.wait_for(proxy.cut_done.wait(), 10)
         result = await stream.finish()
-        assert result.code == grpc.StatusCode.UNAVAILABLE
+        # The client's own gRPC library names the cut: UNAVAILABLE when its read notices it, INTERNAL ("Internal
+        # error from Core") when a write of its still-flowing audio does first. Either way no server status came.
+        assert result.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), result.code
         await channel.close()
     await wait_until_idle(hark)
     assert (await run_stream(hark.stub, [config(), *audio_requests(noise(1.0))])).code == OK

@@ -186,6 +186,27 @@ def test_a_run_can_leave_kinds_of_clip_out_of_training_only(tmp_path: Path) -> N
     assert [r.path.name for r in without_running_speech(manifest)] == ["a.wav", "d.wav"]
 
 
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (data.TrainingSelection(exclude_engines=("mbrolla",)), "no engines mbrolla to leave out .it has: espeak-ng"),
+        (data.TrainingSelection(exclude_kinds=("sentences",)), "no kinds sentences to leave out .it has: free, word"),
+    ],
+)
+def test_a_run_refuses_to_leave_out_what_the_data_set_does_not_have(
+    tmp_path: Path, selection: data.TrainingSelection, message: str
+) -> None:
+    """A misspelt engine or kind would leave nothing out: the run would pass for a leave-one-out run."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "path,label,split,voice,source,engine,licence,kind\n"
+        "a.wav,yes,train,x,espeak-ng,espeak-ng,GPL-3.0,word\n"
+        "c.wav,_unknown_,train,x,espeak-ng,espeak-ng,GPL-3.0,free\n"
+    )
+    with pytest.raises(ValueError, match=message):
+        data.training_selection(read_manifest, selection)(manifest)
+
+
 def test_read_manifest_rejects_an_unknown_split(tmp_path: Path) -> None:
     bad = tmp_path / "manifest.csv"
     bad.write_text("path,label,split,voice,source\nmaybe/1.wav,maybe,training,en+m3,espeak-ng\n")

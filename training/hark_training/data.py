@@ -178,6 +178,17 @@ class TrainingSelection:
             and not (self.commercial_only and NON_COMMERCIAL in licence)
         )
 
+    def check(self, records: Sequence[ClipRecord]) -> None:
+        """Refuses engines or kinds the data set does not have: a misspelt name would leave nothing out and the
+        run would pass for a leave-one-out run."""
+        for what, names, present in (
+            ("engines", self.exclude_engines, {r.engine for r in records}),
+            ("kinds", self.exclude_kinds, {r.kind for r in records}),
+        ):
+            if missing := sorted(set(names) - present):
+                has = ", ".join(sorted(present - {""})) or "none named"
+                raise ValueError(f"the data set has no {what} {', '.join(missing)} to leave out (it has: {has})")
+
 
 EVERY_CLIP = TrainingSelection()
 
@@ -185,8 +196,14 @@ EVERY_CLIP = TrainingSelection()
 def training_selection(
     read: Callable[[Path], Sequence[ClipRecord]], selection: TrainingSelection
 ) -> Callable[[Path], list[ClipRecord]]:
-    """``read`` less the training clips ``selection`` leaves out."""
-    return lambda path: [r for r in read(path) if selection.keeps(r.split, r.engine, r.licence, r.kind)]
+    """``read`` less the training clips ``selection`` leaves out (after checking it names what the data has)."""
+
+    def selected(path: Path) -> list[ClipRecord]:
+        records = read(path)
+        selection.check(records)
+        return [r for r in records if selection.keeps(r.split, r.engine, r.licence, r.kind)]
+
+    return selected
 
 
 def is_background(label: str) -> bool:
