@@ -73,6 +73,16 @@ def test_stream_report_counts_hits_misses_and_false_alarms_per_hour(tmp_path: Pa
     assert pico["event_recall"] == 2 / 3
     assert pico["event_precision"] == 2 / 3  # the burst said as "no" is heard as "yes": a false event
     assert pico["false_alarms_per_hour"] == 1 / (40 / 3600)
+    assert pico["false_alarms_by_label"] == {"yes": 1}  # which keyword the keyword-free speech set off
+
+
+def test_the_printed_table_names_the_keywords_that_unheard_speech_set_off() -> None:
+    figures = {"clips": 10, "clip_accuracy": 0.7, "event_f1": 0.5, "false_alarms_per_hour": 12.0}
+    table = engine_eval.format_engine_table(
+        {"pico": {**figures, "false_alarms_by_label": {}}, "rhvoice": {**figures, "false_alarms_by_label": {"no": 2}}}
+    )
+    assert table.splitlines()[1].split()[:3] == ["pico", "10", "0.700"]
+    assert table.splitlines()[-1] == "false alarms on rhvoice's keyword-free speech: no 2"
 
 
 def test_thresholds_are_raised_until_the_budget_holds_and_land_in_the_manifest(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,7 @@ def stream_report(
 ) -> dict[str, Any]:
     """Event F1 and false alarms per hour per engine (all, or ``engines``), over the streams of ``splits``."""
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    fired: dict[str, Counter[str]] = defaultdict(Counter)  # which keywords the keyword-free speech set off
     rate = loaded.manifest.frontend.sample_rate
     for row in streams_of(data_dir):
         if row["split"] not in splits or (engines is not None and row["engine"] not in engines):
@@ -137,15 +138,16 @@ def stream_report(
         if row["kind"] == "keyword-free":
             a["free_hours"] += float(row["duration_s"]) / 3600
             a["false_alarms"] += len(events)
+            fired[row["engine"]].update(label for label, _ in events)
         else:
             tp, fp, fn, _ = match(events, parse_events(row["events"]))
             a["tp"] += tp
             a["fp"] += fp
             a["fn"] += fn
-    return {engine: _event_figures(a) for engine, a in sorted(acc.items())}
+    return {engine: _event_figures(a, fired[engine]) for engine, a in sorted(acc.items())}
 
 
-def _event_figures(a: Mapping[str, float]) -> dict[str, Any]:
+def _event_figures(a: Mapping[str, float], fired: Counter[str]) -> dict[str, Any]:
     tp, fp, fn = a.get("tp", 0.0), a.get("fp", 0.0), a.get("fn", 0.0)
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
@@ -157,6 +159,7 @@ def _event_figures(a: Mapping[str, float]) -> dict[str, Any]:
         "event_recall": recall,
         "keywords": int(tp + fn),
         "false_alarms_per_hour": a.get("false_alarms", 0.0) / hours if hours else None,
+        "false_alarms_by_label": dict(fired.most_common()),
         "keyword_free_minutes": round(hours * 60, 1),
     }
 
@@ -240,6 +243,11 @@ def format_engine_table(report: Mapping[str, Any]) -> str:
             f"{cell(r.get('event_recall')):>8}{cell(r.get('event_precision')):>8}"
             f"{cell(r.get('false_alarms_per_hour'), 1):>8}{cell(r.get('keyword_free_minutes'), 1):>10}"
         )
+    for e, r in report.items():
+        if fired := r.get("false_alarms_by_label"):
+            lines.append(
+                f"false alarms on {e}'s keyword-free speech: " + ", ".join(f"{k} {n}" for k, n in fired.items())
+            )
     return "\n".join(lines)
 
 
