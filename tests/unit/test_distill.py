@@ -11,7 +11,7 @@ import pytest
 from hark_training.config import DistillConfig, TrainConfig
 from hark_training.data import LABELS
 from hark_training.data import read_manifest as read_data_manifest
-from hark_training.distill import soft_targets, softmax, teacher_probabilities
+from hark_training.distill import plan_seams, seam_windows, soft_targets, softmax, teacher_probabilities
 from hark_training.train import RUN_FILE, train
 from tests.fixtures_data import PER_SPLIT, write_tone_dataset
 
@@ -48,12 +48,38 @@ def test_temperature_softens_without_changing_the_order() -> None:
 
 
 def test_the_teacher_scores_every_training_window_in_manifest_order(manifest: Path, teacher: Path) -> None:
-    probs = teacher_probabilities(
+    scores = teacher_probabilities(
         DistillConfig(teacher=teacher, temperature=1.0), manifest, LABELS, 98, read_data_manifest
     )
 
-    assert probs.shape == (PER_SPLIT["train"] * len(LABELS), len(LABELS))
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert scores.clips.shape == (PER_SPLIT["train"] * len(LABELS), len(LABELS))
+    np.testing.assert_allclose(scores.clips.sum(axis=1), 1.0, rtol=1e-5)
+    assert scores.seams.shape == (0, len(LABELS))
+
+
+def test_a_seam_window_is_the_end_of_one_clip_then_the_start_of_another() -> None:
+    x = np.stack([np.full((10, 2), i, dtype=np.float32) for i in range(4)])
+    x[:, :, 1] = np.arange(10)  # each frame's place in its own clip
+    seams = plan_seams(50, n_clips=4, window_frames=10, seed=0)
+    joined = seam_windows(x, seams)
+
+    assert joined.shape == (50, 10, 2)
+    assert set(seams.cut) <= set(range(2, 9))  # joined somewhere in the middle three fifths
+    a, b, k = seams.first[0], seams.second[0], seams.cut[0]
+    np.testing.assert_array_equal(joined[0, :, 0], [a] * (10 - k) + [b] * k)
+    np.testing.assert_array_equal(joined[0, :, 1], list(range(k, 10)) + list(range(k)))
+    np.testing.assert_array_equal(plan_seams(50, 4, 10, seed=0).cut, seams.cut)  # the same seams every run
+
+
+def test_the_teacher_alone_labels_the_seams(manifest: Path, teacher: Path) -> None:
+    n_train = PER_SPLIT["train"] * len(LABELS)
+    seams = plan_seams(7, n_train, 98, seed=0)
+    scores = teacher_probabilities(
+        DistillConfig(teacher=teacher), manifest, LABELS, 98, read_data_manifest, False, seams
+    )
+
+    assert scores.seams.shape == (7, len(LABELS))
+    np.testing.assert_allclose(scores.seams.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_a_student_trains_on_the_teachers_targets(manifest: Path, teacher: Path, tmp_path: Path) -> None:
@@ -63,13 +89,15 @@ def test_a_student_trains_on_the_teachers_targets(manifest: Path, teacher: Path,
         epochs=1,
         batch_size=16,
         threads=2,
-        distill=DistillConfig(teacher=teacher, weight=0.7),
+        distill=DistillConfig(teacher=teacher, weight=0.7, seams=20),
     )
     run = train(config, labels=LABELS, read_manifest=read_data_manifest, progress=False)
 
     saved = json.loads((run / "config.json").read_text())
-    assert saved["distill"] == {"teacher": str(teacher), "weight": 0.7, "temperature": 2.0}
-    assert json.loads((run / RUN_FILE).read_text())["epochs_run"] == 1
+    assert saved["distill"] == {"teacher": str(teacher), "weight": 0.7, "temperature": 2.0, "seams": 20}
+    summary = json.loads((run / RUN_FILE).read_text())
+    assert summary["epochs_run"] == 1
+    assert (summary["n_train"], summary["n_seams"]) == (PER_SPLIT["train"] * len(LABELS), 20)
 
 
 def test_a_teacher_of_other_classes_or_no_run_is_refused(manifest: Path, teacher: Path, tmp_path: Path) -> None:

@@ -156,6 +156,13 @@ class DistillConfig(BaseModel):
     temperature: float = Field(
         2.0, gt=0.0, description="Softens the teacher's scores: higher shows more of its doubts."
     )
+    seams: int = Field(
+        0,
+        ge=0,
+        description="Extra training windows, each the end of one training clip followed by the start of another, "
+        "with the teacher's scores as their only targets: the in-between moments a stream shows a model and no "
+        "clip is labelled with.",
+    )
 
 
 class TrainConfig(BaseModel):

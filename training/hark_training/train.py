@@ -37,7 +37,7 @@ from hark.core.frontend import FrontendConfig
 from hark.core.model_store import sha256_file
 from hark_training.augment import AugmentedWindows, FeatureAugmenter, WaveformAugmenter, noise_bank
 from hark_training.config import TrainConfig, config_to_json, load_config
-from hark_training.distill import soft_targets, teacher_probabilities
+from hark_training.distill import plan_seams, seam_windows, soft_targets, teacher_probabilities
 from hark_training.evaluate import plot_training_curves, write_report
 from hark_training.features import SplitFeatures, feature_stats, load_splits
 from hark_training.losses import build_loss, build_sampler
@@ -370,15 +370,21 @@ def train(
         windows = waveform_windows(config, read_manifest(config.data), labels, frontend, progress)
 
     targets: np.ndarray[Any, Any] = train_set.y
+    n_clips = len(train_set)
     if config.distill is not None:
         if multilabel or windows is not None or config.loss != "ce":
             raise ValueError(
                 "distillation takes one class per clip, loss ce and cached windows (no waveform augmentation)"
             )
-        probs = teacher_probabilities(
-            config.distill, config.data, labels, config.window_frames, read_manifest, progress
+        seams = plan_seams(config.distill.seams, len(train_set), config.window_frames, config.seed)
+        teacher = teacher_probabilities(
+            config.distill, config.data, labels, config.window_frames, read_manifest, progress, seams
         )
-        targets = soft_targets(train_set.y, probs, config.distill.weight)
+        targets = np.concatenate([soft_targets(train_set.y, teacher.clips, config.distill.weight), teacher.seams])
+        train_set = SplitFeatures(
+            np.concatenate([train_set.x, seam_windows(train_set.x, seams)]),
+            np.concatenate([train_set.y, teacher.seams.argmax(axis=1)]),  # for the sampler and the train accuracy
+        )
 
     model = build_model(config.arch, len(labels), config.window_frames, frontend.n_mels, config.arch_options)
     optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
@@ -441,7 +447,8 @@ def train(
         "hop_frames": config.hop_frames,
         "data_manifest": str(config.data),
         "data_manifest_sha256": sha256_file(config.data),
-        "n_train": len(train_set),
+        "n_train": n_clips,
+        "n_seams": len(train_set) - n_clips,
         "n_val": len(val_set),
         "seed": config.seed,
         "epochs": config.epochs,
