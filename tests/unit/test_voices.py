@@ -226,6 +226,36 @@ def test_the_merged_manifest_still_reads_and_records_engine_and_licence(tmp_path
     assert kinds["keyword-free"]["events"] == ""
 
 
+def test_adding_the_last_engine_alone_gives_what_rendering_every_engine_does(tmp_path: Path) -> None:
+    if not shutil.which("espeak-ng") or not shutil.which("pico2wave"):
+        pytest.skip("needs espeak-ng and pico2wave")
+    config = voices.VoicesConfig(
+        words_per_engine=6, sentences_per_engine=2, stream_minutes=0.25, stream_s=15, val_engines=("pico",)
+    )
+    at_once, in_two = tmp_path / "at-once", tmp_path / "in-two"
+    for out in (at_once, in_two):
+        build_dataset(out, per_class=1, progress=False)
+    voices.build_voices(at_once, ("espeak-ng", "pico"), config, workers=1, progress=False)
+    voices.build_voices(in_two, ("espeak-ng",), config, workers=1, progress=False)
+    clips, _ = voices.build_voices(in_two, ("espeak-ng", "pico"), config, workers=1, progress=False, only=("pico",))
+
+    assert clips == sum(1 for r in read_manifest(in_two / "manifest.csv") if r.engine == "pico")
+    assert (in_two / "manifest.csv").read_text() == (at_once / "manifest.csv").read_text()
+    assert voices.streams_of(in_two) == voices.streams_of(at_once)
+
+
+def test_only_an_engine_the_build_would_render_last_and_does_not_have_can_be_added(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split,engine\nengines/pico/a.wav,yes,val,pico\n")
+    config = voices.VoicesConfig(val_engines=("pico",), test_engines=())
+    with pytest.raises(RuntimeError, match="must be the last of --engines"):
+        voices.rows_to_keep(manifest, [], ("pico", "rhvoice"), ("pico",), config)
+    with pytest.raises(RuntimeError, match="already has pico"):
+        voices.rows_to_keep(manifest, [], ("rhvoice", "pico"), ("pico",), config)
+    with pytest.raises(RuntimeError, match="pico's clips are in val, these options put them in train"):
+        voices.rows_to_keep(manifest, [], ("pico", "rhvoice"), ("rhvoice",), voices.VoicesConfig(val_engines=()))
+
+
 def test_channel_variety_changes_the_sound_and_records_what_it_did() -> None:
     rng = np.random.default_rng(1)
     audio = np.random.default_rng(0).standard_normal(CLIP_SAMPLES)

@@ -605,8 +605,10 @@ def build_voices(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    only: Sequence[str] = (),
 ) -> tuple[int, int]:
-    """Render every engine's clips into ``out_dir`` (an espeak-ng build) and merge them into its manifest.
+    """Render every engine's clips into ``out_dir`` (an espeak-ng build) and merge them into its manifest; with
+    ``only``, render just those engines and keep the others' clips and streams already there.
 
     Returns the number of clips and streams written.
     """
@@ -617,7 +619,13 @@ def build_voices(
     if unknown:
         raise RuntimeError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     specs = plan(config, engines, seed)
-    prepare(tuple(engines))
+    kept_clips: list[dict[str, str]] = []
+    kept_streams: list[dict[str, str]] = []
+    if only:
+        kept_clips = rows_to_keep(manifest, specs, engines, only, config)
+        kept_streams = streams_of(out_dir) if (Path(out_dir) / STREAMS_FILE).is_file() else []
+        specs = [s for s in specs if s.voice.engine in only]
+    prepare(tuple(only or engines))
     # Streams are the slowest: start them first so both workers stay busy to the end.
     specs.sort(key=lambda s: not s.kind.startswith("stream"))
     job = partial(render, out_dir=Path(out_dir))
@@ -628,9 +636,34 @@ def build_voices(
     rows = [r for rs in results for r in rs]
     clips = [r for r in rows if "label" in r]
     streams = [r for r in rows if "events" in r]
-    merge_manifest(manifest, sorted(clips, key=lambda r: r["path"]), config.base_train_share, seed)
-    write_streams(sorted(streams, key=lambda r: r["path"]), Path(out_dir) / STREAMS_FILE)
+    merge_manifest(manifest, sorted(kept_clips + clips, key=lambda r: r["path"]), config.base_train_share, seed)
+    write_streams(sorted(kept_streams + streams, key=lambda r: r["path"]), Path(out_dir) / STREAMS_FILE)
     return len(clips), len(streams)
+
+
+def rows_to_keep(
+    manifest: Path, specs: Sequence[Spec], engines: Sequence[str], only: Sequence[str], config: VoicesConfig
+) -> list[dict[str, str]]:
+    """The engine rows already in ``manifest`` that adding ``only`` keeps, after checking that rendering just
+    ``only`` gives what a build of every engine would: :func:`plan` draws the engines in order, so only the
+    last ones can be added without changing the others' clips, and those others must be in the manifest, each
+    held out as ``config`` says."""
+    if list(engines[len(engines) - len(only) :]) != list(only):
+        raise RuntimeError(f"--only {','.join(only)} must be the last of --engines: the engines after it would change")
+    with manifest.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith(f"{ENGINE_DIR}/")]
+    present = {r["engine"] for r in rows}
+    if again := sorted(present & set(only)):
+        raise RuntimeError(f"{manifest} already has {', '.join(again)}'s clips")
+    if missing := sorted({s.voice.engine for s in specs} - set(only) - present):
+        raise RuntimeError(f"{manifest} has no clips of {', '.join(missing)}: render every engine again")
+    for r in rows:
+        want = split_of_engine(r["engine"], config)
+        if r["engine"] != "espeak-ng" and r["split"] != want:
+            raise RuntimeError(
+                f"{r['engine']}'s clips are in {r['split']}, these options put them in {want}: render all again"
+            )
+    return rows
 
 
 def summarize_engines(manifest: Path) -> str:
@@ -739,7 +772,13 @@ def run_engines(args: argparse.Namespace) -> int:
     engines = args.engines or ENGINES
     try:
         clips, streams = build_voices(
-            args.out, engines, config_from_args(args), args.seed, args.workers, progress=not args.no_progress
+            args.out,
+            engines,
+            config_from_args(args),
+            args.seed,
+            args.workers,
+            progress=not args.no_progress,
+            only=args.only,
         )
     except (RuntimeError, OSError) as e:
         print(f"cannot add the engines' speech: {e}", file=sys.stderr)
@@ -768,6 +807,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     voices.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: %(default)s)")
     voices.add_argument("--workers", type=int, default=2, metavar="N", help="worker processes (default: %(default)s)")
     voices.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    voices.add_argument(
+        "--only",
+        type=engine_list,
+        default=(),
+        metavar="LIST",
+        help="render just these engines, the last of --engines, and keep the others' clips already in the data set "
+        "(they are the same either way): add an engine without rendering the rest again",
+    )
     add_engine_options(voices)
     voices.set_defaults(func=run_engines)
 
