@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hark import cli
 from hark_training import engines, voices
 from hark_training.channel import ChannelConfig, degrade, telephone, vocal_tract
 from hark_training.data import CLIP_SAMPLES, KEYWORDS, build_dataset, read_manifest
@@ -242,6 +243,20 @@ def test_adding_the_last_engine_alone_gives_what_rendering_every_engine_does(tmp
     assert clips == sum(1 for r in read_manifest(in_two / "manifest.csv") if r.engine == "pico")
     assert (in_two / "manifest.csv").read_text() == (at_once / "manifest.csv").read_text()
     assert voices.streams_of(in_two) == voices.streams_of(at_once)
+
+
+def test_hark_data_build_renders_the_engines_and_hark_data_voices_adds_one(tmp_path: Path) -> None:
+    if not shutil.which("espeak-ng") or not shutil.which("pico2wave"):
+        pytest.skip("needs espeak-ng and pico2wave")
+    small = ["--words-per-engine", "4", "--sentences-per-engine", "1", "--stream-minutes", "0", "--no-progress"]
+    build = ["data", "build", "--out", str(tmp_path), "--per-class", "1", "--workers", "1"]
+    assert cli.main([*build, "--engines", "espeak-ng", *small]) == 0
+    add = ["data", "voices", "--out", str(tmp_path), "--engines", "espeak-ng,pico", "--only", "pico", "--workers", "1"]
+    assert cli.main([*add, *small]) == 0
+
+    engines = {r.engine for r in read_manifest(tmp_path / "manifest.csv")}
+    assert {"espeak-ng", "pico"} <= engines
+    assert cli.main([*add, *small]) == 1  # pico is there already
 
 
 def test_only_an_engine_the_build_would_render_last_and_does_not_have_can_be_added(tmp_path: Path) -> None:

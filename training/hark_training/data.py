@@ -727,7 +727,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     add_engine_options(build)
-    build.set_defaults(func=_cmd_build)
+    build.set_defaults(func=_cmd_build, only=())  # a build renders every engine; hark data voices --only adds some
     add_voices_command(commands)
 
     stats = commands.add_parser("stats", help="count a data set's clips per label and split")
