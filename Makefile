@@ -210,8 +210,8 @@ model-loeo: $(DEV_STAMP)  ## Leave-one-engine-out: one run per training engine, 
 	done
 
 # The real-speech teacher and the distilled student: the oww_transfer recipe (openWakeWord's backbone, pretrained on
-# recorded human speech) fine-tuned on make model's data, then keywords/3's recipe with half of each target taken from
-# the teacher's softened scores. The teacher holds the backbone's weights (CC BY-NC-SA 4.0), so it goes to
+# recorded human speech) fine-tuned on make model's data, then keywords/3's recipe with 0.3 of each target taken from
+# the teacher's scores. The teacher holds the backbone's weights (CC BY-NC-SA 4.0), so it goes to
 # runs/store-teacher only (serve it with hark serve --model-store runs/store-teacher); the student to runs/store-distilled. Both
 # measured per engine. Needs make model's data.
 .PHONY: model-distilled
