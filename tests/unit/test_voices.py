@@ -245,7 +245,9 @@ def test_adding_the_last_engine_alone_gives_what_rendering_every_engine_does(tmp
     assert voices.streams_of(in_two) == voices.streams_of(at_once)
 
 
-def test_hark_data_build_renders_the_engines_and_hark_data_voices_adds_one(tmp_path: Path) -> None:
+def test_hark_data_build_renders_the_engines_and_hark_data_voices_adds_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if not shutil.which("espeak-ng") or not shutil.which("pico2wave"):
         pytest.skip("needs espeak-ng and pico2wave")
     small = ["--words-per-engine", "4", "--sentences-per-engine", "1", "--stream-minutes", "0", "--no-progress"]
@@ -253,6 +255,7 @@ def test_hark_data_build_renders_the_engines_and_hark_data_voices_adds_one(tmp_p
     assert cli.main([*build, "--engines", "espeak-ng", *small]) == 0
     add = ["data", "voices", "--out", str(tmp_path), "--engines", "espeak-ng,pico", "--only", "pico", "--workers", "1"]
     assert cli.main([*add, *small]) == 0
+    assert " streams from pico in " in capsys.readouterr().out
 
     engines = {r.engine for r in read_manifest(tmp_path / "manifest.csv")}
     assert {"espeak-ng", "pico"} <= engines

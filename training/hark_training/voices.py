@@ -785,7 +785,8 @@ def run_engines(args: argparse.Namespace) -> int:
         return 1
     print(summarize_engines(Path(args.out) / MANIFEST_NAME))
     print(
-        f"added {clips} clips and {streams} streams from {', '.join(engines)} in {time.perf_counter() - started:.0f} s"
+        f"added {clips} clips and {streams} streams from {', '.join(args.only or engines)} "
+        f"in {time.perf_counter() - started:.0f} s"
     )
     return 0
 
