@@ -96,8 +96,12 @@ async def test_the_benchmarks_baselines_answer_every_hop(tmp_path: Path) -> None
         server = start(version_dir)
         try:
             level = await bench.run_level(server, 2, chunks, 1.2, 1.0)  # measured after the first window
+            lifetime_cpu_s = server.cpu_s()
         finally:
             server.stop()
         assert level.errors == 0, start.__name__
         assert level.windows >= 2 * 8, f"{start.__name__}: {level.summary()}"  # ~10 hops per stream-second
-        assert level.cpu_s > 0
+        # The CPU figure reads the server's own process: its start-up alone costs clock ticks. The measured
+        # second itself may round to zero ticks (10 ms each) for the floor, so it is bounded, not required > 0.
+        assert lifetime_cpu_s > 0, start.__name__
+        assert 0 <= level.cpu_s <= lifetime_cpu_s, f"{start.__name__}: {level.summary()}"
