@@ -119,6 +119,17 @@ def test_a_gnuspeech_failure_is_an_engine_error_and_the_engine_keeps_working() -
     assert speak(voice, "yes").size > 0
 
 
+def test_gnuspeech_says_a_text_the_same_way_whatever_it_said_before() -> None:
+    """Its random intonation is seeded from the request, not the system's entropy: a data set renders the same
+    speech on every run and whichever worker's server speaks which text in which order."""
+    voice = _voices_of("gnuspeech")[0]
+    first = speak(voice, "yes", Prosody(rate=1.1))
+    speak(voice, "stop the music", Prosody())
+    again = speak(voice, "yes", Prosody(rate=1.1))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, speak(voice, "yes", Prosody(rate=1.1, pitch=1.05)))
+
+
 def test_a_gnuspeech_server_that_stops_answering_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     voice = _voices_of("gnuspeech")[0]
     assert speak(voice, "yes").size > 0

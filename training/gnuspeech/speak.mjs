@@ -9,6 +9,7 @@
 // goes to stderr). One process serves many texts because the first synthesis in a process costs several times
 // what later ones do. The package's own synthesize() fixes the pitch; this sets it through the same control
 // model file.
+import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { wrapEmscriptenModuleHeap } from 'wasm-heap-manager'
 import { defaultTrmControlModelFileContent } from '@echogarden/gnuspeech-wasm/dist/utilities/DefaultTrmControlModel.js'
@@ -17,6 +18,24 @@ import initializer from '@echogarden/gnuspeech-wasm/wasm/gnuspeech.js'
 const VOICES = ['male', 'female', 'large_child', 'small_child', 'baby']
 const DEFAULT_PITCH_OFFSET = '-4.0'
 const DATA = '/data/en'
+
+// GnuSpeech's random intonation draws its seed from crypto.getRandomValues, once per text: from the system's
+// entropy every rendering differed, run to run and with what the process had said before. Answered from a hash
+// of the request instead, a text with one voice, tempo and pitch is the same speech on every run and in any
+// order, and different requests still get different intonation.
+let request = ''
+Object.defineProperty(globalThis.crypto, 'getRandomValues', {
+	configurable: true,
+	value: (view) => {
+		const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength)
+		for (let block = 0, at = 0; at < bytes.length; block++) {
+			const digest = createHash('sha256').update(`${request}#${block}`).digest()
+			bytes.set(digest.subarray(0, bytes.length - at), at)
+			at += digest.length
+		}
+		return view
+	},
+})
 
 const m = await initializer()
 const heap = wrapEmscriptenModuleHeap(m)
@@ -29,6 +48,7 @@ function synthesize(voice, tempo, pitch, text) {
 		.replace('tempo = 1.0', `tempo = ${tempo}`)
 		.replace(`pitch_offset = ${DEFAULT_PITCH_OFFSET}`, `pitch_offset = ${Number(DEFAULT_PITCH_OFFSET) + pitch}`)
 	m.FS.writeFile(`${DATA}/trm_control_model.txt`, config)
+	request = JSON.stringify([voice, tempo, pitch, String(text)])
 	const refs = [String(text), './out.wav', DATA, './out-params.txt'].map((s) => heap.allocNullTerminatedUtf8String(s))
 	try {
 		m._GnuSpeech_synthesizeToFile(refs[0].address, refs[1].address, refs[2].address, refs[3].address, false)
