@@ -169,9 +169,12 @@ model: $(DEV_STAMP) system-deps-voices  ## Rebuild the many-engines data set, tr
 	nice -n 10 $(BIN)/hark data build --out data/keywords $(ENGINES_ARGS)
 	nice -n 10 $(BIN)/hark train --config training/configs/keywords_voices.toml --data data/keywords/manifest.csv --out runs/keywords_voices
 	$(BIN)/hark export runs/keywords_voices --store $(MODEL_STORE) --name keywords
-	$(call measure,$(MODEL_STORE)/keywords/$$(ls $(MODEL_STORE)/keywords | sort -n | tail -1),training/results/keywords-engines.json)
+	$(call measure,$(call newest,keywords),training/results/keywords-engines.json)
 
 KEYWORDS_DATA ?= data/keywords
+
+# $(call newest,MODEL): the folder of the newest version of MODEL in $(MODEL_STORE).
+newest = $(MODEL_STORE)/$(1)/$$(ls $(MODEL_STORE)/$(1) | sort -n | tail -1)
 
 # $(call measure,VERSION,REPORT): a version trained on $(KEYWORDS_DATA) (make model's data set) gets its model card, per-class thresholds for
 # 2 false alarms an hour of Pico's keyword-free speech (from 0.6, 5 hops smoothed) and its per-engine report.
@@ -185,7 +188,7 @@ measure = $(BIN)/hark engines card $(1) --data $(KEYWORDS_DATA) >/dev/null && \
 model-streaming: $(DEV_STAMP)  ## Train and publish the streaming keyword model keywords-streaming on make model's data (about 30 min)
 	nice -n 10 $(BIN)/hark train --config training/configs/keywords_streaming_voices.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/keywords_streaming
 	$(BIN)/hark export runs/keywords_streaming --store $(MODEL_STORE) --name keywords-streaming
-	$(call measure,$(MODEL_STORE)/keywords-streaming/$$(ls $(MODEL_STORE)/keywords-streaming | sort -n | tail -1),training/results/keywords-streaming-engines.json)
+	$(call measure,$(call newest,keywords-streaming),training/results/keywords-streaming-engines.json)
 
 # What the licences cost and what each engine adds, measured with the leave-one-engine-out recipe
 # (training/configs/keywords_loeo.toml: the streaming architecture at 64 channels, 5 min a run; its all-engines
@@ -246,7 +249,7 @@ eval-long: $(DEV_STAMP) system-deps-voices  ## The served keywords version on an
 	rm -rf $(LONG_DATA)
 	nice -n 10 $(BIN)/hark data build --out $(LONG_DATA) --engines espeak-ng,pico,rhvoice,gnuspeech --val-engines pico,gnuspeech \
 		--test-engines rhvoice --stream-minutes 60 --words-per-engine 60 --sentences-per-engine 50 --no-progress
-	$(BIN)/hark engines eval $(MODEL_STORE)/keywords/$$(ls $(MODEL_STORE)/keywords | sort -n | tail -1) --data $(LONG_DATA) \
+	$(BIN)/hark engines eval $(call newest,keywords) --data $(LONG_DATA) \
 		--out training/results/keywords-long-streams.json
 
 .PHONY: model-espeak
