@@ -16,6 +16,7 @@ from PIL import Image
 from hark.core.audio import read_audio
 from hark.core.frontend import FrontendConfig, LogMel
 from hark.core.model_store import load_version, read_manifest, sha256_file
+from hark.core.runner import softmax
 from hark_training import export as export_mod
 from hark_training.augment import FeatureAugmenter, mix_noise, spec_masks, time_shift
 from hark_training.config import AugmentConfig, TrainConfig, load_config
@@ -167,8 +168,8 @@ def test_commands_register_and_override_the_config(tmp_path: Path) -> None:
     args = parser.parse_args(["train", "--config", str(tmp_path / "c.toml"), "--exclude-kinds", "sentence,free"])
     assert resolve_config(args).exclude_kinds == ("sentence", "free")
     args = parser.parse_args(["export", "runs/x", "--store", str(tmp_path)])
-    assert (args.run_dir, args.store, args.name, args.func) == (
-        Path("runs/x"),
+    assert (args.run_dirs, args.store, args.name, args.func) == (
+        [Path("runs/x")],
         tmp_path,
         None,
         export_mod.run,
@@ -247,6 +248,40 @@ def test_export_ships_a_control_set_and_the_training_prior(run_dir: Path, manife
     prior = read_manifest(version_dir).metrics["class_prior"]
     assert list(prior) == list(LABELS) and sum(prior.values()) == pytest.approx(1.0, abs=1e-3)
     assert prior["yes"] == pytest.approx(1 / len(LABELS), abs=1e-3)  # the tone set is balanced
+
+
+def test_runs_of_several_seeds_publish_one_version_whose_probabilities_are_their_mean(
+    run_dir: Path, manifest: Path, tmp_path: Path
+) -> None:
+    config = load_config(run_dir / "config.json").model_copy(update={"out": tmp_path / "seed1", "seed": 1})
+    seed1 = train(config, labels=LABELS, read_manifest=read_data_manifest, progress=False)
+    version_dir = export_run(run_dir, tmp_path / "store", "keywords", members=[seed1])
+    members = read_manifest(version_dir).training["ensemble"]
+    assert [(m["run_dir"], m["seed"]) for m in members] == [(str(run_dir), 0), (str(seed1), 1)]
+    windows = np.random.default_rng(0).normal(-5, 3, (16, 98, 40)).astype(np.float32)
+    served = load_version(version_dir).runner.run(windows)  # the server's probabilities
+    alone = [
+        softmax(load_checkpoint(d / CHECKPOINT_FILE)[0](torch.from_numpy(windows)).detach().numpy())
+        for d in (run_dir, seed1)
+    ]
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)  # two seeds, two models
+    np.testing.assert_allclose(served, (alone[0] + alone[1]) / 2, atol=1e-5)
+
+
+def test_an_ensemble_refuses_runs_of_another_data_set(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other_data = write_tone_dataset(tmp_path / "other", voices_per_split=2)
+    config = load_config(run_dir / "config.json").model_copy(update={"out": tmp_path / "other-run", "data": other_data})
+    other = train(config, labels=LABELS, read_manifest=read_data_manifest, progress=False)
+    with pytest.raises(ValueError, match="differ in data_manifest_sha256"):
+        export_run(run_dir, tmp_path / "store", "keywords", members=[other])
+    args = argparse.Namespace(
+        run_dirs=[run_dir, other], store=tmp_path / "store", name=None, version=None, data=None, quiet=True
+    )
+    assert export_mod.run(args) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "store").exists()
 
 
 def test_parity_check_catches_a_different_model(run_dir: Path, tmp_path: Path) -> None:

@@ -204,6 +204,11 @@ def resolve_run(target: str, store: Path) -> Path:
         print(f"warning: {version_dir} records no checkpoint sha256; assuming {checkpoint} is its", file=sys.stderr)
     elif sha256_file(checkpoint) != expected:
         raise ValueError(f"{checkpoint} is not the checkpoint {version_dir} was exported from (retrained since?)")
+    if members := training.get("ensemble"):
+        print(
+            f"note: {version_dir} is an ensemble of {len(members)} runs; this explains the first, {run_dir}",
+            file=sys.stderr,
+        )
     return run_dir
 
 

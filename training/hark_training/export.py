@@ -39,7 +39,7 @@ from hark.core.model_store import (
     sha256_file,
 )
 from hark.core.runner import create_session, sigmoid, softmax
-from hark_training import backbone
+from hark_training import backbone, ensemble
 from hark_training.config import TrainConfig, load_config
 from hark_training.data import ClipRecord, is_background
 from hark_training.evaluate import (
@@ -331,8 +331,12 @@ def export_run(
     data: Path | None = None,
     tolerance: float = PARITY_TOLERANCE,
     progress: bool = False,
+    members: Sequence[Path] = (),
 ) -> Path:
-    """Export, check, measure, verify and publish one run; return the new version folder."""
+    """Export, check, measure, verify and publish one run; return the new version folder.
+
+    ``members`` (other runs of the same recipe and data set) make it an ensemble of ``run_dir`` and them
+    (:mod:`hark_training.ensemble`): one graph whose probabilities are the runs' mean."""
     from hark_training.data import read_manifest
 
     config = load_config(run_dir / CONFIG_FILE)
@@ -340,6 +344,11 @@ def export_run(
     run = json.loads((run_dir / RUN_FILE).read_text())
     stats = FeatureStats.model_validate_json((run_dir / STATS_FILE).read_text())
     model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    if members:
+        others, _ = ensemble.load_members([run_dir, *members])
+        if any(isinstance(m, CausalTCN) for m in others):
+            raise ValueError("streaming runs cannot form an ensemble yet: export them one at a time")
+        model = ensemble.Ensemble(others)
     labels: list[str] = checkpoint["labels"]
     multilabel = bool(checkpoint.get("multilabel", False))
     frontend = FrontendConfig.model_validate(run["frontend"])
@@ -404,6 +413,16 @@ def export_run(
             }
         # Where the weights came from: `hark explain` needs the torch checkpoint and checks it is this one.
         fields["training"] |= {"run_dir": str(run_dir), "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT_FILE)}
+        if members:
+            fields["training"]["ensemble"] = [
+                {
+                    "run_dir": str(member),
+                    "seed": load_config(member / CONFIG_FILE).seed,
+                    "best_epoch": json.loads((member / RUN_FILE).read_text())["best_epoch"],
+                    "checkpoint_sha256": sha256_file(member / CHECKPOINT_FILE),
+                }
+                for member in (run_dir, *members)
+            ]
         reports = {f.name: f for f in (report_dir / file_name for file_name in REPORT_FILES) if f.is_file()}
         if config.arch == "oww_transfer":  # the backbone's weights travel with the version, so its terms do too
             reports["NOTICE.md"] = backbone.NOTICE
@@ -430,8 +449,10 @@ def summary(version_dir: Path) -> str:
             f"  {m['parameters']} parameters, {m['size_bytes']} bytes, {m['inference_ms_per_window']:.3f} ms per window"
         )
     per_class = "  ".join(f"{k} {v:.3f}" for k, v in m["per_class_accuracy"].items())
+    members = manifest["training"].get("ensemble", [])
+    seeds = ", ".join(str(member["seed"]) for member in members)
     return (
-        f"published {version_dir}\n"
+        f"published {version_dir}" + (f" (an ensemble of {len(members)} runs, seeds {seeds})" if members else "") + "\n"
         f"  test accuracy {m['test_accuracy']:.4f} on {m['n_test']} clips of unheard voices "
         f"(val {m['val_accuracy']:.4f})\n"
         f"  per class: {per_class}\n"
@@ -445,8 +466,9 @@ def summary(version_dir: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        first, *members = args.run_dirs
         version_dir = export_run(
-            args.run_dir, args.store, args.name, version=args.version, data=args.data, progress=not args.quiet
+            first, args.store, args.name, version=args.version, data=args.data, progress=not args.quiet, members=members
         )
     except (ParityError, VerificationError) as e:  # nothing was published
         print(f"error: {e}", file=sys.stderr)
@@ -466,7 +488,14 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         description="Export a run to ONNX, check it against torch, measure it on the test split and publish it "
         "as a new version that the server's verification accepts.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="Run folder written by `hark train`")
+    parser.add_argument(
+        "run_dirs",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="Run folder written by `hark train`; several runs of one recipe and data set (other seeds) publish "
+        "one ensemble version, the mean of their probabilities",
+    )
     parser.add_argument(
         "--store", type=Path, default=Path("model_store"), help="Model store root (default model_store)"
     )
