@@ -175,7 +175,7 @@ KEYWORDS_BUDGET ?= 10
 TUNE_DATA ?= data/keywords-tune
 
 .PHONY: model
-model: $(VOICES_STAMP) system-deps-voices  ## Rebuild the many-engines data set, train three seeds and publish their ensemble as keywords (about 2.5 h on 2 cores)
+model: $(VOICES_STAMP) system-deps-voices  ## Rebuild the many-engines data set, train three seeds and publish their ensemble as keywords (about 2 h on 2 cores)
 	nice -n 10 $(BIN)/hark data build --out data/keywords $(ENGINES_ARGS)
 	rm -rf $(TUNE_DATA)
 	nice -n 10 $(BIN)/hark data build --out $(TUNE_DATA) --engines pico,gnuspeech --val-engines pico,gnuspeech --test-engines rhvoice \
@@ -188,7 +188,6 @@ model: $(VOICES_STAMP) system-deps-voices  ## Rebuild the many-engines data set,
 	$(BIN)/hark engines card $(call newest,keywords) --data $(KEYWORDS_DATA) >/dev/null
 	$(BIN)/hark engines thresholds $(call newest,keywords) --data $(TUNE_DATA) --budget $(KEYWORDS_BUDGET) --floor 0.6 --smoothing-windows 5
 	$(BIN)/hark engines eval $(call newest,keywords) --data $(KEYWORDS_DATA) --out training/results/keywords-engines.json
-
 
 # $(call newest,MODEL): the folder of the newest version of MODEL in $(MODEL_STORE).
 newest = $(MODEL_STORE)/$(1)/$$(ls $(MODEL_STORE)/$(1) | sort -n | tail -1)

@@ -345,10 +345,10 @@ def export_run(
     stats = FeatureStats.model_validate_json((run_dir / STATS_FILE).read_text())
     model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
     if members:
-        others, _ = ensemble.load_members([run_dir, *members])
-        if any(isinstance(m, CausalTCN) for m in others):
+        every_run, _ = ensemble.load_members([run_dir, *members])
+        if any(isinstance(m, CausalTCN) for m in every_run):
             raise ValueError("streaming runs cannot form an ensemble yet: export them one at a time")
-        model = ensemble.Ensemble(others)
+        model = ensemble.Ensemble(every_run)
     labels: list[str] = checkpoint["labels"]
     multilabel = bool(checkpoint.get("multilabel", False))
     frontend = FrontendConfig.model_validate(run["frontend"])
