@@ -185,17 +185,16 @@ model: $(VOICES_STAMP) system-deps-voices  ## Rebuild the many-engines data set,
 			--out runs/keywords_voices-s$$S || exit 1; \
 	done
 	$(BIN)/hark export $(foreach S,$(KEYWORDS_SEEDS),runs/keywords_voices-s$(S)) --store $(MODEL_STORE) --name keywords
-	$(BIN)/hark engines card $(call newest,keywords) --data $(KEYWORDS_DATA) >/dev/null
-	$(BIN)/hark engines thresholds $(call newest,keywords) --data $(TUNE_DATA) --budget $(KEYWORDS_BUDGET) --floor 0.6 --smoothing-windows 5
-	$(BIN)/hark engines eval $(call newest,keywords) --data $(KEYWORDS_DATA) --out training/results/keywords-engines.json
+	$(call measure,$(call newest,keywords),training/results/keywords-engines.json,$(TUNE_DATA),$(KEYWORDS_BUDGET))
 
 # $(call newest,MODEL): the folder of the newest version of MODEL in $(MODEL_STORE).
 newest = $(MODEL_STORE)/$(1)/$$(ls $(MODEL_STORE)/$(1) | sort -n | tail -1)
 
-# $(call measure,VERSION,REPORT): a version trained on $(KEYWORDS_DATA) (make model's data set) gets its model card, per-class thresholds for
-# 2 false alarms an hour of Pico's keyword-free speech (from 0.6, 5 hops smoothed) and its per-engine report.
+# $(call measure,VERSION,REPORT[,TUNE_DATA,BUDGET]): a version trained on $(KEYWORDS_DATA) (make model's data set) gets its model
+# card, per-class thresholds for BUDGET (default 2) false alarms an hour of TUNE_DATA's validation keyword-free speech
+# (default $(KEYWORDS_DATA): Pico's ten minutes; from 0.6, 5 hops smoothed) and its per-engine report.
 measure = $(BIN)/hark engines card $(1) --data $(KEYWORDS_DATA) >/dev/null && \
-	$(BIN)/hark engines thresholds $(1) --data $(KEYWORDS_DATA) --budget 2 --floor 0.6 --smoothing-windows 5 && \
+	$(BIN)/hark engines thresholds $(1) --data $(or $(3),$(KEYWORDS_DATA)) --budget $(or $(4),2) --floor 0.6 --smoothing-windows 5 && \
 	$(BIN)/hark engines eval $(1) --data $(KEYWORDS_DATA) --out $(2)
 
 # The streaming keyword model (model_store/keywords-streaming): keywords/3's data, a causal TCN exported in streaming

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hark_training.streaming import CausalTCN
 from hark_training.train import CHECKPOINT_FILE, RUN_FILE, load_checkpoint
 
 SAME_IN_EVERY_MEMBER: tuple[str, ...] = ("labels", "n_frames", "n_mels")
@@ -60,4 +61,6 @@ def load_members(runs: Sequence[Path]) -> tuple[list[nn.Module], list[dict[str, 
     loaded = [load_checkpoint(run / CHECKPOINT_FILE) for run in runs]
     models, checkpoints = [m for m, _ in loaded], [c for _, c in loaded]
     check_compatible(runs, checkpoints)
+    if any(isinstance(m, CausalTCN) for m in models):  # a streaming export carries one model's state, not several
+        raise ValueError("streaming runs cannot form an ensemble yet: export them one at a time")
     return models, checkpoints

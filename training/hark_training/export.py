@@ -343,12 +343,12 @@ def export_run(
     name = name or config.name
     run = json.loads((run_dir / RUN_FILE).read_text())
     stats = FeatureStats.model_validate_json((run_dir / STATS_FILE).read_text())
-    model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    model: nn.Module
     if members:
-        every_run, _ = ensemble.load_members([run_dir, *members])
-        if any(isinstance(m, CausalTCN) for m in every_run):
-            raise ValueError("streaming runs cannot form an ensemble yet: export them one at a time")
-        model = ensemble.Ensemble(every_run)
+        every_run, checkpoints = ensemble.load_members([run_dir, *members])
+        model, checkpoint = ensemble.Ensemble(every_run), checkpoints[0]
+    else:
+        model, checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
     labels: list[str] = checkpoint["labels"]
     multilabel = bool(checkpoint.get("multilabel", False))
     frontend = FrontendConfig.model_validate(run["frontend"])
