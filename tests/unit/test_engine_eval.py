@@ -120,6 +120,7 @@ def test_the_command_sets_the_versions_smoothing_and_never_goes_below_the_floor(
     assert manifest.thresholds and min(manifest.thresholds.values()) >= 0.7
     note = json.loads((version / "manifest.json").read_text())["metrics"]["thresholds"]
     assert (note["floor"], note["smoothing_windows"]) == (0.7, 5)
+    assert (note["data"], note["engines"], note["keyword_free_minutes"]) == (str(data), ["pico"], 0.3)
     load_version(version)  # still verifies
 
 

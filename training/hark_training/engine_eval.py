@@ -254,6 +254,14 @@ def format_engine_table(report: Mapping[str, Any]) -> str:
 # --- thresholds -------------------------------------------------------------------------------------------------
 
 
+def keyword_free_streams(data_dir: Path, splits: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of ``data_dir``'s keyword-free streams in ``splits``: the speech thresholds are tuned on."""
+    free = [r for r in streams_of(data_dir) if r["split"] in splits and r["kind"] == "keyword-free"]
+    if not free:
+        raise ValueError(f"{data_dir} has no keyword-free streams in {list(splits)}")
+    return free
+
+
 def tune_thresholds(
     loaded: LoadedModel,
     data_dir: Path,
@@ -266,9 +274,7 @@ def tune_thresholds(
     grid = [t for t in THRESHOLD_GRID if t >= floor - 1e-9] or [THRESHOLD_GRID[-1]]
     m = loaded.manifest
     rate = m.frontend.sample_rate
-    free = [r for r in streams_of(data_dir) if r["split"] in splits and r["kind"] == "keyword-free"]
-    if not free:
-        raise ValueError(f"{data_dir} has no keyword-free streams in {list(splits)}")
+    free = keyword_free_streams(data_dir, splits)
     scored = [stream_probabilities(loaded, read_audio(Path(data_dir) / r["path"], rate)) for r in free]
     hours = sum(float(r["duration_s"]) for r in free) / 3600
     keywords = [label for label in m.labels if label not in set(m.background_labels)]
@@ -400,10 +406,15 @@ def _cmd_thresholds(args: argparse.Namespace) -> int:
         if args.smoothing_windows is not None:  # first: the thresholds are tuned under it
             write_smoothing(args.version, args.smoothing_windows)
         loaded = load_version(args.version)
-        chosen = tune_thresholds(loaded, args.data, args.budget, args.splits.split(","), args.floor)
+        splits = args.splits.split(",")
+        chosen = tune_thresholds(loaded, args.data, args.budget, splits, args.floor)
+        free = keyword_free_streams(args.data, splits)
         note = {
             "budget_per_hour": args.budget,
             "tuned_on": args.splits,
+            "data": str(args.data),  # what the model card cannot say: the speech the detection settings fit
+            "engines": sorted({r["engine"] for r in free}),
+            "keyword_free_minutes": round(sum(float(r["duration_s"]) for r in free) / 60, 1),
             "floor": args.floor,
             "smoothing_windows": loaded.manifest.smoothing_windows,
         }
