@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from hark.core.model_store import load_version, read_manifest
-from hark_training import engine_eval
+from hark_training import curve, engine_eval
 from hark_training.data import TrainingSelection
 from hark_training.voices import STREAM_COLUMNS, STREAMS_FILE
 from tests.fixtures_models import noise, publish_tiny, quiet
@@ -169,3 +170,53 @@ def test_a_run_without_running_speech_keeps_its_engines_and_names_the_kinds_it_l
     assert card["left_out_of_training"] == ["piper"]
     assert card["left_out_kinds"] == ["free", "sentence"]
     assert "left_out_kinds" not in engine_eval.model_card(manifest)
+
+
+def test_the_operating_curve_trades_recall_for_false_alarms_budget_by_budget(tmp_path: Path) -> None:
+    version = publish_tiny(tmp_path / "store")
+    loaded = load_version(version)
+    before = (version / "manifest.json").read_text()
+    tune, data = tmp_path / "tune", tmp_path / "data"
+    for folder in (tune, data):
+        folder.mkdir()
+    _stream(tune, "free", [4.0, 10.0, 16.0], level=0.08)  # faint bursts: the tiny model is unsure of them
+    _streams_csv(tune, [_row("free", "val", "keyword-free")])
+    _stream(data, "kw", [3.0, 9.0, 15.0], level=0.08)
+    _stream(data, "free", [6.0], level=0.08)
+    _streams_csv(data, [_row("kw", "test", "keywords", "yes@3.000-3.900;yes@9.000-9.900;yes@15.000-15.900"),
+                        _row("free", "test", "keyword-free")])  # fmt: skip
+
+    strict, loose = curve.operating_curve(loaded, data, tune, budgets=[1e5, 0.001], floor=0.4)
+
+    assert [strict["budget_per_hour"], loose["budget_per_hour"]] == [0.001, 1e5]
+    assert strict["thresholds"] == engine_eval.tune_thresholds(loaded, tune, 0.001, floor=0.4)
+    assert strict["thresholds"]["yes"] > loose["thresholds"]["yes"] == 0.4
+    tight, lax = strict["engines"]["pico"], loose["engines"]["pico"]
+    assert lax["event_recall"] == 1.0 and lax["false_alarms_per_hour"] > 0
+    assert tight["false_alarms_per_hour"] == 0 and tight["event_recall"] < 1.0
+    assert tight == engine_eval.stream_report(loaded, data, ["val", "test"], strict["thresholds"])["pico"]
+    assert (version / "manifest.json").read_text() == before, "a curve changes no manifest"
+
+
+def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    version = publish_tiny(tmp_path / "store")
+    data = tmp_path / "data"
+    data.mkdir()
+    _stream(data, "free", [6.0], level=0.08)
+    _streams_csv(data, [_row("free", "val", "keyword-free")])
+    out, plot = tmp_path / "curve.json", tmp_path / "curve.png"
+    args = [str(version), "--data", str(data), "--tune-data", str(data), "--budgets", "2,20"]
+
+    assert engine_eval.main(["curve", *args, "--out", str(out), "--plot", str(plot)]) == 0
+
+    written = json.loads(out.read_text())["curves"][str(version)]
+    assert [p["budget_per_hour"] for p in written] == [2.0, 20.0]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert "budget 2: pico" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        engine_eval.main(["curve", *args[:-1], "2,-1"])
+    assert "budgets must be positive" in capsys.readouterr().err
+    assert engine_eval.main(["curve", str(version), "--data", str(data), "--tune-data", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("cannot draw the operating curve: ")

@@ -256,6 +256,29 @@ def test_adding_the_last_engine_alone_gives_what_rendering_every_engine_does(tmp
     assert voices.streams_of(in_two) == voices.streams_of(at_once)
 
 
+def test_more_keyword_free_windows_add_training_clips_and_change_nothing_else(tmp_path: Path) -> None:
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng")
+    one, three = tmp_path / "one", tmp_path / "three"
+    for out, windows in ((one, 1), (three, 3)):
+        build_dataset(out, per_class=1, progress=False)
+        config = voices.VoicesConfig(words_per_engine=4, sentences_per_engine=8, stream_minutes=0, free_windows=windows)
+        voices.build_voices(out, ("espeak-ng",), config, workers=1, progress=False)
+    with (one / "manifest.csv").open() as f:
+        before = list(csv.DictReader(f))
+    with (three / "manifest.csv").open() as f:
+        after = list(csv.DictReader(f))
+
+    extra = [r for r in after if r["path"].endswith(("_w1.wav", "_w2.wav"))]
+    assert extra, "a second of keyword-free speech beyond the first gives another window"
+    assert {(r["kind"], r["label"], r["split"]) for r in extra} == {("free", "_unknown_", "train")}
+    assert [r for r in after if r not in extra] == before
+    for r in extra:
+        first = r["path"].rsplit("_w", 1)[0] + ".wav"
+        assert (three / first).read_bytes() == (one / first).read_bytes()
+        assert (three / r["path"]).read_bytes() != (three / first).read_bytes()
+
+
 def test_hark_data_build_renders_the_engines_and_hark_data_voices_adds_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

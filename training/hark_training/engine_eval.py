@@ -117,6 +117,29 @@ def match(
     return tp, len(false), used.count(False), false
 
 
+ScoredStream = tuple[dict[str, str], FloatArray, FloatArray]
+"""A ``streams.csv`` row with its window times and class probabilities: scored once, detected on many times."""
+
+
+def score_streams(
+    loaded: LoadedModel,
+    data_dir: Path,
+    splits: Sequence[str],
+    engines: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
+) -> list[ScoredStream]:
+    """The streams of ``splits`` (of every engine or of ``engines``; of every kind or of ``kinds``), scored."""
+    rate = loaded.manifest.frontend.sample_rate
+    rows = [
+        r
+        for r in streams_of(data_dir)
+        if r["split"] in splits
+        and (engines is None or r["engine"] in engines)
+        and (kinds is None or r["kind"] in kinds)
+    ]
+    return [(r, *stream_probabilities(loaded, read_audio(Path(data_dir) / r["path"], rate))) for r in rows]
+
+
 def stream_report(
     loaded: LoadedModel,
     data_dir: Path,
@@ -125,15 +148,17 @@ def stream_report(
     engines: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Event F1 and false alarms per hour per engine (all, or ``engines``), over the streams of ``splits``."""
+    return events_report(loaded.manifest, score_streams(loaded, data_dir, splits, engines), thresholds)
+
+
+def events_report(
+    manifest: Manifest, scored: Sequence[ScoredStream], thresholds: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Event F1 and false alarms per hour per engine of scored streams, with ``thresholds`` (or the manifest's)."""
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     fired: dict[str, Counter[str]] = defaultdict(Counter)  # which keywords the keyword-free speech set off
-    rate = loaded.manifest.frontend.sample_rate
-    for row in streams_of(data_dir):
-        if row["split"] not in splits or (engines is not None and row["engine"] not in engines):
-            continue
-        audio = read_audio(Path(data_dir) / row["path"], rate)
-        times, probs = stream_probabilities(loaded, audio)
-        events = detect(loaded.manifest, times, probs, thresholds)
+    for row, times, probs in scored:
+        events = detect(manifest, times, probs, thresholds)
         a = acc[row["engine"]]
         if row["kind"] == "keyword-free":
             a["free_hours"] += float(row["duration_s"]) / 3600
@@ -271,24 +296,30 @@ def tune_thresholds(
 ) -> dict[str, float]:
     """Per keyword, the lowest threshold of :data:`THRESHOLD_GRID` from ``floor`` up whose false alarms on the
     keyword-free streams of ``splits`` stay within an equal share of ``budget_per_hour``."""
-    grid = [t for t in THRESHOLD_GRID if t >= floor - 1e-9] or [THRESHOLD_GRID[-1]]
+    grid = threshold_grid(floor)
     m = loaded.manifest
-    rate = m.frontend.sample_rate
-    free = keyword_free_streams(data_dir, splits)
-    scored = [stream_probabilities(loaded, read_audio(Path(data_dir) / r["path"], rate)) for r in free]
-    hours = sum(float(r["duration_s"]) for r in free) / 3600
-    keywords = [label for label in m.labels if label not in set(m.background_labels)]
-    share = budget_per_hour / len(keywords)
+    keyword_free_streams(data_dir, splits)  # a clear error when there are none
+    scored = score_streams(loaded, data_dir, splits, kinds=("keyword-free",))
+    hours = sum(float(r["duration_s"]) for r, _, _ in scored) / 3600
+    share = budget_per_hour / len(keywords_of(m))
     chosen: dict[str, float] = {}
-    for label in keywords:
-        for threshold in grid:
-            alarms = sum(sum(1 for lab, _ in detect(m, t, p, {label: threshold}) if lab == label) for t, p in scored)
-            if alarms / hours <= share:
-                chosen[label] = threshold
-                break
-        else:
-            chosen[label] = grid[-1]
+    for label in keywords_of(m):
+        chosen[label] = next((t for t in grid if alarms(m, scored, label, t) / hours <= share), grid[-1])
     return chosen
+
+
+def threshold_grid(floor: float) -> list[float]:
+    """The thresholds tried, from ``floor`` up."""
+    return [t for t in THRESHOLD_GRID if t >= floor - 1e-9] or [THRESHOLD_GRID[-1]]
+
+
+def keywords_of(manifest: Manifest) -> list[str]:
+    return [label for label in manifest.labels if label not in set(manifest.background_labels)]
+
+
+def alarms(manifest: Manifest, scored: Sequence[ScoredStream], label: str, threshold: float) -> int:
+    """How many times ``label`` fires on the scored (keyword-free) streams at ``threshold``, others as served."""
+    return sum(sum(1 for lab, _ in detect(manifest, t, p, {label: threshold}) if lab == label) for _, t, p in scored)
 
 
 def write_thresholds(version_dir: Path, thresholds: Mapping[str, float], note: Mapping[str, Any]) -> None:
@@ -446,9 +477,9 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``hark engines eval``, ``hark engines thresholds`` and ``hark engines card``."""
+    """Register ``hark engines eval``, ``thresholds``, ``card`` and ``curve``."""
     engines = subparsers.add_parser("engines", help="per-engine evaluation and per-class thresholds")
-    commands = engines.add_subparsers(dest="engines_command", required=True, metavar="{eval,thresholds,card}")
+    commands = engines.add_subparsers(dest="engines_command", required=True, metavar="{eval,thresholds,card,curve}")
     ev = commands.add_parser(
         "eval",
         help="clip accuracy, event F1 and false alarms per hour per engine",
@@ -501,6 +532,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         "--data", type=Path, default=Path("data/keywords"), help="data folder or manifest (default: %(default)s)"
     )
     card.set_defaults(func=_cmd_card)
+    from hark_training.curve import add_command as add_curve  # it builds on this module
+
+    add_curve(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

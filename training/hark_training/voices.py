@@ -5,8 +5,9 @@ the espeak-ng data set, under ``<out>/engines/``:
 
 * **word clips**: each keyword and ``_unknown_`` word said alone by every voice of every engine, placed in 1 s;
 * **running-speech windows**: 1-s windows cut from sentences, labelled with the keyword a window holds whole,
-  or ``_unknown_`` when cut from keyword-free speech, so the model sees what streaming shows it: words
-  beside other words, coarticulated phrases, no silence around the word;
+  or ``_unknown_`` when cut from keyword-free speech (``--free-windows`` of them per training sentence), so the
+  model sees what streaming shows it: words beside other words, coarticulated phrases, no silence around the
+  word;
 * **streams** (``streams.csv``): minute-long recordings of sentences per voice, with or without keywords, and
   the time of every keyword, for event F1 and false alarms per hour (:mod:`hark_training.engine_eval`).
 
@@ -232,7 +233,11 @@ class VoicesConfig:
     words_per_engine: int = 600
     """Isolated keyword clips per engine (spread over its voices and the ten keywords); unknown 0.5x that."""
     sentences_per_engine: int = 500
-    """Keyword-in-sentence windows per engine; as many keyword-free windows again."""
+    """Keyword-in-sentence windows per engine; as many keyword-free sentences again."""
+    free_windows: int = 1
+    """Keyword-free windows cut from each training engine's keyword-free sentence (one per second of it at most):
+    a stream shows the model ten windows a second of other speech, so more of them cost little to render and
+    teach it what not to fire on. Validation and test keep one, so their clips do not change."""
     stream_minutes: float = 15.0
     """Minutes of streams per held-out engine: two thirds keyword-free, one third with keywords."""
     stream_s: float = 60.0
@@ -260,6 +265,8 @@ class Spec:
     duration_s: float = 0.0
     keyword_at: int = -1
     """For ``sentence``: which of ``texts`` is the keyword."""
+    windows: int = 1
+    """For ``free``: how many windows to cut from the sentence (see :attr:`VoicesConfig.free_windows`)."""
     stream_sentences: tuple[tuple[tuple[str, ...], int], ...] = field(default=())
 
     @property
@@ -366,7 +373,8 @@ def plan(config: VoicesConfig, engines: Sequence[str], seed: int) -> list[Spec]:
             add(kind="sentence", split=split, voice=v, label=KEYWORDS[i % 10], texts=pieces, keyword_at=at)
         for _ in range(n_sentences):
             v, split = mine[int(rng.integers(len(mine)))]
-            add(kind="free", split=split, voice=v, label=UNKNOWN, texts=(free_sentence(rng),))
+            windows = config.free_windows if split == "train" else 1
+            add(kind="free", split=split, voice=v, label=UNKNOWN, texts=(free_sentence(rng),), windows=windows)
         # Streams measure held-out speech only: the held-out engines', and espeak-ng's test variants.
         held = [(v, s) for v, s in mine if s != "train"]
         if engine == "espeak-ng":
@@ -465,11 +473,34 @@ def render(spec: Spec, out_dir: Path) -> list[dict[str, str]]:
     clip = _window(spec, audio, start, end, rng)
     if clip is None:
         return []
+    rows = [_write_clip(spec, spec.path, clip, audio, prosody, channel, out_dir, rng)]
+    # More windows of the same keyword-free sentence, drawn after the first so that the first is what a build
+    # with one window writes: a data set with more is a superset of one without.
+    for k in range(1, min(spec.windows, audio.size // CLIP_SAMPLES)):
+        extra = _window(spec, audio, start, end, rng)
+        if extra is not None:
+            rows.append(
+                _write_clip(spec, spec.path.replace(".wav", f"_w{k}.wav"), extra, audio, prosody, channel, out_dir, rng)
+            )
+    return rows
+
+
+def _write_clip(
+    spec: Spec,
+    path: str,
+    clip: FloatArray,
+    audio: FloatArray,
+    prosody: Prosody,
+    channel: str,
+    out_dir: Path,
+    rng: np.random.Generator,
+) -> dict[str, str]:
+    """Noise and level on a window, written as 16-bit WAV; returns its manifest row."""
     clip, noise = _noise_and_level(clip, rng, power(audio))
-    target = out_dir / spec.path
+    target = out_dir / path
     target.parent.mkdir(parents=True, exist_ok=True)
     sf.write(target, to_int16(clip), SAMPLE_RATE, subtype="PCM_16")
-    return [_row(spec, spec.path, prosody, f"{channel};{noise}", " ".join(spec.texts))]
+    return _row(spec, path, prosody, f"{channel};{noise}", " ".join(spec.texts))
 
 
 def _window(spec: Spec, audio: FloatArray, start: int, end: int, rng: np.random.Generator) -> FloatArray | None:
@@ -737,6 +768,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="minutes of evaluation streams per engine (default: %(default)s)",
     )
     parser.add_argument(
+        "--free-windows",
+        type=int,
+        default=defaults.free_windows,
+        metavar="N",
+        help="keyword-free windows cut from each training sentence of keyword-free speech, one per second of it "
+        "at most (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-channel", action="store_true", help="no speaker-size, room or microphone variety on the engines' speech"
     )
     parser.add_argument(
@@ -757,6 +796,7 @@ def config_from_args(args: argparse.Namespace) -> VoicesConfig:
     return VoicesConfig(
         words_per_engine=args.words_per_engine,
         sentences_per_engine=args.sentences_per_engine,
+        free_windows=args.free_windows,
         stream_minutes=args.stream_minutes,
         channel=not args.no_channel,
         val_engines=args.val_engines,

@@ -1,0 +1,176 @@
+"""Operating curves: what each false-alarm budget buys, per engine, so models are compared at equal false alarms.
+
+``hark engines curve VERSION [VERSION ...] --data DIR --tune-data TUNE`` tunes each version's per-class
+thresholds for every budget in ``--budgets`` on ``TUNE``'s validation keyword-free speech, exactly as ``hark
+engines thresholds`` would, and measures event F1, recall and false alarms per hour per engine on ``DIR``'s
+streams with each set. One budget is one operating point; a model that is better only because its thresholds
+sit higher shows up on the same curve as the other, further left. Every stream is scored once per version and
+each threshold's false alarms on the tuning speech are counted once, so a curve costs about one ``hark engines
+eval`` plus one ``hark engines thresholds`` per version. The version's manifest is not changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt
+
+from hark.core.model_store import LoadedModel, VerificationError, load_version
+from hark_training.engine_eval import (
+    alarms,
+    events_report,
+    keyword_free_streams,
+    keywords_of,
+    score_streams,
+    threshold_grid,
+)
+
+DEFAULT_BUDGETS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
+
+
+def operating_curve(
+    loaded: LoadedModel,
+    data_dir: Path,
+    tune_dir: Path,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    floor: float = 0.6,
+    tune_splits: Sequence[str] = ("val",),
+    splits: Sequence[str] = ("val", "test"),
+) -> list[dict[str, Any]]:
+    """One point per budget: the thresholds tuned for it and the per-engine event figures they give."""
+    m = loaded.manifest
+    keyword_free_streams(tune_dir, tune_splits)  # a clear error when there is no speech to tune on
+    free = score_streams(loaded, tune_dir, tune_splits, kinds=("keyword-free",))
+    hours = sum(float(r["duration_s"]) for r, _, _ in free) / 3600
+    grid = threshold_grid(floor)
+    counted = {label: [alarms(m, free, label, t) for t in grid] for label in keywords_of(m)}
+    scored = score_streams(loaded, data_dir, splits)
+    points = []
+    for budget in sorted(budgets):
+        share = budget / len(counted)
+        thresholds = {
+            label: next((t for t, n in zip(grid, counts, strict=True) if n / hours <= share), grid[-1])
+            for label, counts in counted.items()
+        }
+        points.append(
+            {"budget_per_hour": budget, "thresholds": thresholds, "engines": events_report(m, scored, thresholds)}
+        )
+    return points
+
+
+def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> None:
+    """Event F1 against false alarms per hour, one panel per engine, one line per version, budgets marked."""
+    engines = sorted({e for points in curves.values() for p in points for e in p["engines"]})
+    fig, axes = plt.subplots(1, len(engines), figsize=(4.2 * len(engines), 3.8), squeeze=False)
+    for ax, engine in zip(axes[0], engines, strict=True):
+        for name, points in curves.items():
+            xy = [
+                (p["engines"][engine]["false_alarms_per_hour"], p["engines"][engine]["event_f1"], p["budget_per_hour"])
+                for p in points
+                if engine in p["engines"] and p["engines"][engine]["event_f1"] is not None
+            ]
+            if not xy:
+                continue
+            line = ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], marker="o", label=name)[0]
+            for x, y, b in xy:
+                ax.annotate(
+                    f"{b:g}", (x, y), fontsize=7, color=line.get_color(), xytext=(3, 3), textcoords="offset points"
+                )
+        ax.set_title(engine)
+        ax.set_xlabel("false alarms per hour")
+        ax.set_ylabel("event F1")
+        ax.grid(alpha=0.3)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle("Operating curves: thresholds tuned per budget (numbers: budget per hour)", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def format_curve(name: str, points: Sequence[Mapping[str, Any]]) -> str:
+    """A line per budget: event F1 (recall) / false alarms per hour per engine."""
+    lines = [name]
+    for p in points:
+        cells = []
+        for engine, e in sorted(p["engines"].items()):
+            f1, recall, fa = e["event_f1"], e["event_recall"], e["false_alarms_per_hour"]
+            f1_text = "-" if f1 is None else f"{f1:.3f} ({recall:.3f})"
+            cells.append(f"{engine} {f1_text} / {'-' if fa is None else f'{fa:.1f}'}")
+        lines.append(f"  budget {p['budget_per_hour']:g}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+def budget_list(text: str) -> tuple[float, ...]:
+    try:
+        budgets = tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budgets must be numbers separated by commas, got {text!r}") from None
+    if not budgets or any(b <= 0 for b in budgets):
+        raise argparse.ArgumentTypeError(f"budgets must be positive, got {text!r}")
+    return budgets
+
+
+def _cmd_curve(args: argparse.Namespace) -> int:
+    curves: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for version in args.versions:
+            loaded = load_version(version)
+            curves[str(version)] = operating_curve(
+                loaded, args.data, args.tune_data, args.budgets, args.floor, args.tune_splits.split(",")
+            )
+            print(format_curve(str(version), curves[str(version)]))
+    except (OSError, ValueError, RuntimeError, VerificationError) as e:
+        print(f"cannot draw the operating curve: {e}", file=sys.stderr)
+        return 1
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps({"data": str(args.data), "tune_data": str(args.tune_data), "curves": curves}, indent=2) + "\n"
+        )
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot_curves(curves, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``hark engines curve``."""
+    cu = commands.add_parser(
+        "curve",
+        help="event F1 and false alarms per hour per engine at several false-alarm budgets",
+        description="Tune thresholds for each budget on validation keyword-free speech and measure each set per "
+        "engine, for one or more versions: models compared at equal false alarms. Manifests are not changed.",
+    )
+    cu.add_argument("versions", type=Path, nargs="+", metavar="VERSION", help="version folders to compare")
+    cu.add_argument(
+        "--data", type=Path, default=Path("data/keywords"), help="streams to measure on (default: %(default)s)"
+    )
+    cu.add_argument(
+        "--tune-data", type=Path, required=True, help="data folder whose keyword-free streams set the thresholds"
+    )
+    cu.add_argument("--tune-splits", default="val", help="splits of --tune-data to tune on (default: %(default)s)")
+    cu.add_argument(
+        "--budgets",
+        type=budget_list,
+        default=DEFAULT_BUDGETS,
+        metavar="LIST",
+        help=f"false alarms per hour, comma-separated (default: {','.join(f'{b:g}' for b in DEFAULT_BUDGETS)})",
+    )
+    cu.add_argument(
+        "--floor", type=float, default=0.6, help="lowest threshold a keyword may get (default: %(default)s)"
+    )
+    cu.add_argument("--out", type=Path, help="write the curves as JSON here")
+    cu.add_argument("--plot", type=Path, help="draw them here (PNG)")
+    cu.set_defaults(func=_cmd_curve)
