@@ -279,6 +279,29 @@ def test_more_keyword_free_windows_add_training_clips_and_change_nothing_else(tm
         assert (three / r["path"]).read_bytes() != (three / first).read_bytes()
 
 
+def test_a_dry_training_build_changes_only_the_training_clips(tmp_path: Path) -> None:
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng")
+    rows = {}
+    for name, dry in (("varied", False), ("dry", True)):
+        out = tmp_path / name
+        build_dataset(out, per_class=1, progress=False)
+        config = voices.VoicesConfig(words_per_engine=6, sentences_per_engine=3, stream_minutes=0, dry_training=dry)
+        voices.build_voices(out, ("espeak-ng",), config, workers=1, progress=False)
+        with (out / "manifest.csv").open() as f:
+            rows[name] = [r for r in csv.DictReader(f) if r["path"].startswith("engines/")]
+
+    def held_out(rs: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [r for r in rs if r["split"] != "train"]
+
+    assert held_out(rows["dry"]) == held_out(rows["varied"]) and held_out(rows["dry"])
+    for r in held_out(rows["dry"]):
+        assert (tmp_path / "dry" / r["path"]).read_bytes() == (tmp_path / "varied" / r["path"]).read_bytes()
+    trained = [r for r in rows["dry"] if r["split"] == "train"]
+    assert trained and {r["channel"] for r in trained} == {"dry"}
+    assert {r["channel"] for r in rows["varied"] if r["split"] == "train"} != {"dry"}
+
+
 def test_hark_data_build_renders_the_engines_and_hark_data_voices_adds_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -242,6 +242,9 @@ class VoicesConfig:
     """Minutes of streams per held-out engine: two thirds keyword-free, one third with keywords."""
     stream_s: float = 60.0
     channel: bool = True
+    dry_training: bool = False
+    """No channel variety on the training split alone: validation and test render exactly as with it, so a run on
+    such a build is measured on the same clips and streams as one with it (what channel variety buys)."""
     val_engines: tuple[str, ...] = ("pico",)
     test_engines: tuple[str, ...] = ("rhvoice",)
     commercial_only: bool = False
@@ -352,7 +355,8 @@ def plan(config: VoicesConfig, engines: Sequence[str], seed: int) -> list[Spec]:
     specs: list[Spec] = []
 
     def add(**kw: object) -> None:
-        specs.append(Spec(index=len(specs), seed=seed, channel=config.channel, **kw))  # type: ignore[arg-type]
+        channel = config.channel and not (config.dry_training and kw["split"] == "train")
+        specs.append(Spec(index=len(specs), seed=seed, channel=channel, **kw))  # type: ignore[arg-type]
 
     for engine in engines:
         mine = [(v, s) for v, s in voices if v.engine == engine]
@@ -779,6 +783,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--no-channel", action="store_true", help="no speaker-size, room or microphone variety on the engines' speech"
     )
     parser.add_argument(
+        "--dry-training",
+        action="store_true",
+        help="no such variety on the training split only; validation and test render as with it",
+    )
+    parser.add_argument(
         "--base-train-share",
         type=float,
         default=defaults.base_train_share,
@@ -799,6 +808,7 @@ def config_from_args(args: argparse.Namespace) -> VoicesConfig:
         free_windows=args.free_windows,
         stream_minutes=args.stream_minutes,
         channel=not args.no_channel,
+        dry_training=args.dry_training,
         val_engines=args.val_engines,
         test_engines=args.test_engines,
         commercial_only=args.commercial_only,
