@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 
 from hark.core.model_store import LoadedModel, VerificationError, load_version
-from hark_training.engine_eval import (
-    alarms,
-    events_report,
-    keyword_free_streams,
-    keywords_of,
-    score_streams,
-    threshold_grid,
-)
+from hark_training.engine_eval import alarms, events_report, score_streams, thresholds_for_budget, tuning_speech
 
 DEFAULT_BUDGETS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 
@@ -48,19 +42,12 @@ def operating_curve(
 ) -> list[dict[str, Any]]:
     """One point per budget: the thresholds tuned for it and the per-engine event figures they give."""
     m = loaded.manifest
-    keyword_free_streams(tune_dir, tune_splits)  # a clear error when there is no speech to tune on
-    free = score_streams(loaded, tune_dir, tune_splits, kinds=("keyword-free",))
-    hours = sum(float(r["duration_s"]) for r, _, _ in free) / 3600
-    grid = threshold_grid(floor)
-    counted = {label: [alarms(m, free, label, t) for t in grid] for label in keywords_of(m)}
+    free, hours = tuning_speech(loaded, tune_dir, tune_splits)
+    count = cache(partial(alarms, m, free))  # each threshold's false alarms are counted once for every budget
     scored = score_streams(loaded, data_dir, splits)
     points = []
     for budget in sorted(budgets):
-        share = budget / len(counted)
-        thresholds = {
-            label: next((t for t, n in zip(grid, counts, strict=True) if n / hours <= share), grid[-1])
-            for label, counts in counted.items()
-        }
+        thresholds = thresholds_for_budget(m, count, hours, budget, floor)
         points.append(
             {"budget_per_hour": budget, "thresholds": thresholds, "engines": events_report(m, scored, thresholds)}
         )

@@ -24,7 +24,8 @@ import stat
 import sys
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -296,21 +297,27 @@ def tune_thresholds(
 ) -> dict[str, float]:
     """Per keyword, the lowest threshold of :data:`THRESHOLD_GRID` from ``floor`` up whose false alarms on the
     keyword-free streams of ``splits`` stay within an equal share of ``budget_per_hour``."""
-    grid = threshold_grid(floor)
-    m = loaded.manifest
+    free, hours = tuning_speech(loaded, data_dir, splits)
+    return thresholds_for_budget(loaded.manifest, partial(alarms, loaded.manifest, free), hours, budget_per_hour, floor)
+
+
+def tuning_speech(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> tuple[list[ScoredStream], float]:
+    """The keyword-free streams of ``splits`` that thresholds are tuned on, scored, and how many hours they hold."""
     keyword_free_streams(data_dir, splits)  # a clear error when there are none
-    scored = score_streams(loaded, data_dir, splits, kinds=("keyword-free",))
-    hours = sum(float(r["duration_s"]) for r, _, _ in scored) / 3600
-    share = budget_per_hour / len(keywords_of(m))
-    chosen: dict[str, float] = {}
-    for label in keywords_of(m):
-        chosen[label] = next((t for t in grid if alarms(m, scored, label, t) / hours <= share), grid[-1])
-    return chosen
+    free = score_streams(loaded, data_dir, splits, kinds=("keyword-free",))
+    return free, sum(float(r["duration_s"]) for r, _, _ in free) / 3600
 
 
-def threshold_grid(floor: float) -> list[float]:
-    """The thresholds tried, from ``floor`` up."""
-    return [t for t in THRESHOLD_GRID if t >= floor - 1e-9] or [THRESHOLD_GRID[-1]]
+def thresholds_for_budget(
+    manifest: Manifest, count: Callable[[str, float], int], hours: float, budget_per_hour: float, floor: float
+) -> dict[str, float]:
+    """Per keyword, the lowest threshold from ``floor`` up at which ``count(label, threshold)`` false alarms in
+    ``hours`` stay within an equal share of ``budget_per_hour`` (the grid's last when none does)."""
+    grid = [t for t in THRESHOLD_GRID if t >= floor - 1e-9] or [THRESHOLD_GRID[-1]]
+    share = budget_per_hour / len(keywords_of(manifest))
+    return {
+        label: next((t for t in grid if count(label, t) / hours <= share), grid[-1]) for label in keywords_of(manifest)
+    }
 
 
 def keywords_of(manifest: Manifest) -> list[str]:
