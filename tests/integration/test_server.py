@@ -280,14 +280,23 @@ async def test_more_streams_than_max_streams_are_refused(start_hark: StartHark, 
 
 
 async def test_a_silent_client_is_ended(start_hark: StartHark, tiny_model_store: Path) -> None:
-    h = await start_hark(tiny_model_store, idle_timeout_s=0.3)
+    """A client sends its config, then neither audio nor a close: the server ends it, never before the timeout.
+
+    The idle clock runs from the call's start, config included: the channel is connected first and the timeout
+    is a whole second, so that a loaded machine's delay in sending the config cannot use it up (0.3 s could).
+    """
+    h = await start_hark(tiny_model_store, idle_timeout_s=1.0)
+    await asyncio.wait_for(h.channel.channel_ready(), 10)
     stream = LiveStream(h.stub)
+    began = time.monotonic()
     stream.send(config())
     await stream.receive("started")
-    await asyncio.sleep(0.6)
-    result = await stream.finish()
-    assert result.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "no audio for 0.3 s" in result.details
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        while await asyncio.wait_for(stream.call.read(), 10) is not grpc.aio.EOF:
+            pass
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no audio for 1 s" in (ended.value.details() or "")
+    assert time.monotonic() - began >= 1.0
 
 
 async def test_a_cancelled_or_expired_stream_frees_its_slot(hark: Hark) -> None:
