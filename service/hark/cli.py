@@ -803,6 +803,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_control_check(args: argparse.Namespace) -> int:
     """POST /control-check on the server's metrics port; print each version's accuracy and misses."""
+    import http.client
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -819,6 +820,12 @@ def cmd_control_check(args: argparse.Namespace) -> int:
         return _fail(
             f"cannot reach the metrics port at {args.server}: {reason} (is the server running with "
             "HARK_METRICS_PORT set, and are you on its host?)",
+            EXIT_UNAVAILABLE,
+        )
+    except http.client.HTTPException:
+        return _fail(
+            f"{args.server} does not answer HTTP: give the server's metrics port (HARK_METRICS_PORT), "
+            "not its gRPC port",
             EXIT_UNAVAILABLE,
         )
     try:

@@ -40,10 +40,13 @@ WORDS = ["yes", "stop", "go", "left"]
 
 @pytest.fixture(scope="module")
 def sentence(tmp_path_factory: pytest.TempPathFactory, test_voices: list[Voice]) -> Path:  # noqa: F811
-    """The keywords spoken by a voice training never heard, between stretches of room noise, as a WAV."""
+    """The keywords spoken by a voice training never heard, between stretches of room noise, as a WAV.
+
+    The second held-out voice: the first (en-us+Lee) says a "yes" the bundled model misses, which
+    ``test_end_to_end`` keeps as a strict xfail; this test is about the page, not that voice."""
     parts = [_room(1.0, 0)]
     for i, word in enumerate(WORDS):
-        audio = _word(word, test_voices[0])
+        audio = _word(word, test_voices[1])
         parts += [audio + _room(audio.size / SAMPLE_RATE, i + 1), _room(1.4, i + 10)]
     parts.append(_room(2.0, 50))
     path = tmp_path_factory.mktemp("browser") / "sentence.wav"

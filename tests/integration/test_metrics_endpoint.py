@@ -283,6 +283,8 @@ async def test_control_check_cli(observed: Hark) -> None:
         free = s.getsockname()[1]
     code, _, err = await run_cli("control-check", "--server", f"127.0.0.1:{free}")
     assert code == 3 and "cannot reach" in err
+    code, _, err = await run_cli("control-check", "--server", observed.running.address)  # the gRPC port, not HTTP
+    assert code == 3 and "does not answer HTTP" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 # Lifecycle ------------------------------------------------------------------------------------------
