@@ -123,21 +123,16 @@ ScoredStream = tuple[dict[str, str], FloatArray, FloatArray]
 
 
 def score_streams(
-    loaded: LoadedModel,
-    data_dir: Path,
-    splits: Sequence[str],
-    engines: Sequence[str] | None = None,
-    kinds: Sequence[str] | None = None,
+    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], engines: Sequence[str] | None = None
 ) -> list[ScoredStream]:
-    """The streams of ``splits`` (of every engine or of ``engines``; of every kind or of ``kinds``), scored."""
+    """The streams of ``splits`` (of every engine or of ``engines``), scored."""
+    rows = [r for r in streams_of(data_dir) if r["split"] in splits and (engines is None or r["engine"] in engines)]
+    return score_rows(loaded, data_dir, rows)
+
+
+def score_rows(loaded: LoadedModel, data_dir: Path, rows: Sequence[dict[str, str]]) -> list[ScoredStream]:
+    """These ``streams.csv`` rows, each read and run through the version's frontend and model."""
     rate = loaded.manifest.frontend.sample_rate
-    rows = [
-        r
-        for r in streams_of(data_dir)
-        if r["split"] in splits
-        and (engines is None or r["engine"] in engines)
-        and (kinds is None or r["kind"] in kinds)
-    ]
     return [(r, *stream_probabilities(loaded, read_audio(Path(data_dir) / r["path"], rate))) for r in rows]
 
 
@@ -303,8 +298,7 @@ def tune_thresholds(
 
 def tuning_speech(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> tuple[list[ScoredStream], float]:
     """The keyword-free streams of ``splits`` that thresholds are tuned on, scored, and how many hours they hold."""
-    keyword_free_streams(data_dir, splits)  # a clear error when there are none
-    free = score_streams(loaded, data_dir, splits, kinds=("keyword-free",))
+    free = score_rows(loaded, data_dir, keyword_free_streams(data_dir, splits))
     return free, sum(float(r["duration_s"]) for r, _, _ in free) / 3600
 
 
