@@ -678,7 +678,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -714,7 +714,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     )
     build.add_argument(
         "--per-class",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         default=DEFAULT_PER_CLASS,
         help=f"clips per keyword and for _silence_; _unknown_ gets {UNKNOWN_RATIO}x (default: %(default)s)",
@@ -723,7 +723,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         "--seed", type=_non_negative_int, default=0, metavar="N", help="random seed (default: %(default)s)"
     )
     build.add_argument(
-        "--workers", type=_positive_int, default=2, metavar="N", help="parallel worker processes (default: %(default)s)"
+        "--workers", type=positive_int, default=2, metavar="N", help="parallel worker processes (default: %(default)s)"
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     add_engine_options(build)

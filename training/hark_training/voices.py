@@ -54,8 +54,8 @@ from hark_training.data import (
     SPLITS,
     UNKNOWN,
     UNKNOWN_WORDS,
-    _positive_int,
     place,
+    positive_int,
     to_int16,
 )
 from hark_training.engines import (
@@ -774,7 +774,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--free-windows",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.free_windows,
         metavar="N",
         help="keyword-free windows cut from each training sentence of keyword-free speech, one per second of it "
