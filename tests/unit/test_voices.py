@@ -7,6 +7,7 @@ import csv
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,22 @@ def test_more_keyword_free_windows_add_training_clips_and_change_nothing_else(tm
         first = r["path"].rsplit("_w", 1)[0] + ".wav"
         assert (three / first).read_bytes() == (one / first).read_bytes()
         assert (three / r["path"]).read_bytes() != (three / first).read_bytes()
+
+
+def test_a_second_render_says_the_training_engines_again_from_the_next_seed_and_changes_nothing_else() -> None:
+    engines = ("espeak-ng", "mbrola", "pico")
+    config = voices.VoicesConfig(words_per_engine=6, sentences_per_engine=3, stream_minutes=0.25, stream_s=15)
+    once = voices.plan(config, engines, seed=0)
+    twice = voices.plan(replace(config, renders=2), engines, seed=0)
+    if not any(s.voice.engine == "mbrola" for s in once):
+        pytest.skip("needs MBROLA")
+
+    assert twice[: len(once)] == once
+    again = twice[len(once) :]
+    assert again == [replace(s, render=1) for s in voices.plan(config, ("mbrola",), seed=1)]
+    assert {(s.voice.engine, s.split) for s in again} == {("mbrola", "train")}, "espeak-ng and held-out engines once"
+    assert not {s.path for s in again} & {s.path for s in once}
+    assert all("/r1_" in s.path for s in again)
 
 
 def test_a_dry_training_build_changes_only_the_training_clips(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -239,6 +239,11 @@ class VoicesConfig:
     """Keyword-free windows cut from each training engine's keyword-free sentence (one per second of it at most):
     a stream shows the model ten windows a second of other speech, so more of them cost little to render and
     teach it what not to fire on. Validation and test keep one, so their clips do not change."""
+    renders: int = 1
+    """How many times each training engine but espeak-ng says its share: render ``k`` is planned as a build of
+    those engines alone from ``seed + k`` would be (other texts, prosody, rooms and channels; the same voices)
+    and written under ``r<k>_`` names. Its voices are few, so more of what they say is cheap variety; espeak-ng
+    is left out because its voices' split depends on the seed."""
     stream_minutes: float = 15.0
     """Minutes of streams per held-out engine: two thirds keyword-free, one third with keywords."""
     stream_s: float = 60.0
@@ -272,12 +277,15 @@ class Spec:
     windows: int = 1
     """For ``free``: how many windows to cut from the sentence (see :attr:`VoicesConfig.free_windows`)."""
     stream_sentences: tuple[tuple[tuple[str, ...], int], ...] = field(default=())
+    render: int = 0
+    """Which of :attr:`VoicesConfig.renders` this is; the first keeps the names a build with one render writes."""
 
     @property
     def path(self) -> str:
         who = self.voice.voice.replace("/", "_").replace("+", "_")
         folder = "streams" if self.kind.startswith("stream") else self.label
-        return f"{ENGINE_DIR}/{self.voice.engine}/{folder}/{self.index:06d}_{who}.wav"
+        again = f"r{self.render}_" if self.render else ""
+        return f"{ENGINE_DIR}/{self.voice.engine}/{folder}/{again}{self.index:06d}_{who}.wav"
 
 
 # --- text -------------------------------------------------------------------------------------------------------
@@ -343,7 +351,17 @@ def espeak_split_voices(seed: int, per_split: int) -> list[tuple[EngineVoice, st
 
 
 def plan(config: VoicesConfig, engines: Sequence[str], seed: int) -> list[Spec]:
-    """Every clip, window and stream, decided before anything is rendered."""
+    """Every clip, window and stream, decided before anything is rendered; with ``config.renders`` above 1, the
+    training engines' further renders after them (see :attr:`VoicesConfig.renders`)."""
+    specs = plan_render(config, engines, seed)
+    again = [e for e in engines if e != "espeak-ng" and split_of_engine(e, config) == "train"]
+    for k in range(1, config.renders):
+        specs += [replace(s, render=k) for s in plan_render(config, again, seed + k)]
+    return specs
+
+
+def plan_render(config: VoicesConfig, engines: Sequence[str], seed: int) -> list[Spec]:
+    """One render of every engine: what each voice says, with which seed, in which split."""
     rng = np.random.default_rng([seed, 0x701CE])
     voices: list[tuple[EngineVoice, str]] = []
     for engine in engines:
@@ -781,6 +799,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "at most (default: %(default)s)",
     )
     parser.add_argument(
+        "--renders",
+        type=positive_int,
+        default=defaults.renders,
+        metavar="N",
+        help="say each training engine's share N times, each from another seed (espeak-ng once; default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-channel", action="store_true", help="no speaker-size, room or microphone variety on the engines' speech"
     )
     parser.add_argument(
@@ -807,6 +832,7 @@ def config_from_args(args: argparse.Namespace) -> VoicesConfig:
         words_per_engine=args.words_per_engine,
         sentences_per_engine=args.sentences_per_engine,
         free_windows=args.free_windows,
+        renders=args.renders,
         stream_minutes=args.stream_minutes,
         channel=not args.no_channel,
         dry_training=args.dry_training,
