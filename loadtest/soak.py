@@ -280,18 +280,19 @@ async def scenario_drop(address: str, rng: random.Random) -> Outcome:
     return Outcome("drop", code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, OK), code.name)
 
 
-async def scenario_deadline(stub: hark_pb2_grpc.ClassifierStub, rng: random.Random) -> Outcome:
-    async def slow() -> AsyncIterator[hark_pb2.StreamRequest]:
-        yield config()
-        await asyncio.sleep(1.0)
+async def scenario_deadline(address: str, rng: random.Random) -> Outcome:
+    """The client's deadline passes while the stream waits for audio. The blocking client: when a grpc.aio
+    client's first write meets its own deadline, it can report INTERNAL (grpc/grpc#36066)."""
 
-    call = stub.StreamClassify(slow(), timeout=rng.uniform(0.05, 0.3))
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        async for _ in call:
-            pass
-    code = await call.code()
+    def slow() -> Iterator[hark_pb2.StreamRequest]:
+        yield config()
+        time.sleep(1.0)
+
+    code, _, _ = await asyncio.to_thread(refusal_status, address, slow(), timeout=rng.uniform(0.05, 0.3))
     return Outcome("deadline", code == grpc.StatusCode.DEADLINE_EXCEEDED, code.name)
 
+
+CONNECT_TIMEOUT_S = 10.0
 
 # A tiny receive window: a server write waits as soon as the client stops reading.
 TINY_WINDOW = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1))
@@ -311,8 +312,10 @@ def refusal_status(
     The blocking client, because a grpc.aio client that is still writing when the server ends a call can
     report INTERNAL instead of the server's status (grpc/grpc#36066): this reports what the server said.
     ``bytes`` requests go out as they are (not protobuf); ``read_after_s`` waits before reading anything.
+    The channel is connected first, so ``timeout`` is the call's alone.
     """
     with grpc.insecure_channel(address, options=list(options)) as channel:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         call = channel.stream_stream(
             "/hark.v1.Classifier/StreamClassify",
             request_serializer=lambda r: r if isinstance(r, bytes) else r.SerializeToString(),
@@ -396,12 +399,27 @@ async def scenario_fast_file(stub: hark_pb2_grpc.ClassifierStub, rng: random.Ran
     """40 s of audio declared ``fast``, in 6 s chunks as fast as possible: served from the bulk budget, never
     paced (OK, every window), or refused at once when ``max_fast_streams`` are running."""
     samples = noise(40.0, seed=rng.randrange(1 << 30))
-    requests = [config(emit_scores=True, fast=True), *chunks(samples, 6.0)]
-    call = stub.StreamClassify(_requests(requests, 0.0), timeout=60)
+    started = asyncio.Event()
+
+    async def requests() -> AsyncIterator[hark_pb2.StreamRequest]:
+        """Audio only once the server has started the stream: a refusal then never meets a write in flight,
+        which grpc.aio can report as INTERNAL instead of the server's status (grpc/grpc#36066)."""
+        yield config(emit_scores=True, fast=True)
+        await started.wait()
+        for chunk in chunks(samples, 6.0):
+            yield chunk
+
+    call = stub.StreamClassify(requests(), timeout=60)
     scores = 0
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        async for response in call:
-            scores += response.WhichOneof("response") == "scores"
+    try:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for response in call:
+                kind = response.WhichOneof("response")
+                if kind == "started":
+                    started.set()
+                scores += kind == "scores"
+    finally:
+        started.set()  # a refused call's request iterator finds the call over and stops
     code, details = await call.code(), await call.details() or ""
     want = expected_windows(samples.size)
     full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "concurrent fast streams" in details
@@ -628,7 +646,7 @@ async def _worker(
             elif name == "drop":
                 outcome = await scenario_drop(address, rng)
             elif name == "deadline":
-                outcome = await scenario_deadline(stub, rng)
+                outcome = await scenario_deadline(address, rng)
             elif name == "bad":
                 outcome = await scenario_bad(address, rng)
             elif name == "unfinished":
