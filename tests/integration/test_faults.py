@@ -146,7 +146,9 @@ async def test_a_connection_cut_mid_chunk_frees_the_stream(hark: Hark, capfd: py
         stream.send(audio(big))
         await asyncio.wait_for(proxy.cut_done.wait(), 10)
         result = await stream.finish()
-        assert result.code == grpc.StatusCode.UNAVAILABLE
+        # The client's own gRPC library names the cut: UNAVAILABLE when its read notices it, INTERNAL ("Internal
+        # error from Core") when the write of the cut message fails first (grpc/grpc#36066). No server status came.
+        assert result.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), result.code
         await channel.close()
     await wait_until_idle(hark)
     good = await run_stream(hark.stub, [config(emit_scores=True), *audio_requests(noise(1.5))])
