@@ -281,15 +281,21 @@ async def scenario_drop(address: str, rng: random.Random) -> Outcome:
 
 
 async def scenario_deadline(address: str, rng: random.Random) -> Outcome:
-    """The client's deadline passes while the stream waits for audio. The blocking client: when a grpc.aio
-    client's first write meets its own deadline, it can report INTERNAL (grpc/grpc#36066)."""
-
-    def slow() -> Iterator[hark_pb2.StreamRequest]:
-        yield config()
-        time.sleep(1.0)
-
-    code, _, _ = await asyncio.to_thread(refusal_status, address, slow(), timeout=rng.uniform(0.05, 0.3))
+    code = await asyncio.to_thread(expired_stream_status, address, rng.uniform(0.05, 0.3))
     return Outcome("deadline", code == grpc.StatusCode.DEADLINE_EXCEEDED, code.name)
+
+
+def expired_stream_status(address: str, timeout: float) -> grpc.StatusCode:
+    """The status of a stream whose client deadline passes while it waits for audio; blocking. The blocking
+    client: when a grpc.aio client's first write meets its own deadline, it can report INTERNAL
+    (grpc/grpc#36066)."""
+
+    def silent_after_config() -> Iterator[hark_pb2.StreamRequest]:
+        yield config()
+        time.sleep(timeout * 3)
+
+    code, _, _ = refusal_status(address, silent_after_config(), timeout=timeout)
+    return code
 
 
 CONNECT_TIMEOUT_S = 10.0

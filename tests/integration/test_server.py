@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from hark.core.audio import encode_pcm, resample
 from hark.core.model_store import MODEL_FILE
 from hark.server import StartupError, start_server
 from hark.v1 import hark_pb2, hark_pb2_grpc
-from loadtest.soak import refusal_status
+from loadtest.soak import expired_stream_status, refusal_status
 from tests.fixtures_models import noise, pcm_chunks, publish_tiny, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
 
@@ -307,25 +307,13 @@ async def test_a_cancelled_or_expired_stream_frees_its_slot(hark: Hark) -> None:
     cancelled.send(config(), *audio_requests(noise(1.2)))
     await cancelled.receive("started")
     cancelled.call.cancel()
-    expired = await run_stream_with_deadline(hark.address, 0.3)
+    expired = await asyncio.to_thread(expired_stream_status, hark.address, 0.3)
     assert expired == grpc.StatusCode.DEADLINE_EXCEEDED
     for _ in range(50):
         if hark.running.servicer.active_calls == 0:
             break
         await asyncio.sleep(0.02)
     assert (hark.running.servicer.active_streams, hark.running.servicer.active_calls) == (0, 0)
-
-
-async def run_stream_with_deadline(address: str, timeout: float) -> grpc.StatusCode:
-    """The status of a stream whose deadline passes while it waits for audio. The blocking client: a grpc.aio
-    client whose write meets its own deadline can report INTERNAL instead (grpc/grpc#36066)."""
-
-    def silent_after_config() -> Iterator[hark_pb2.StreamRequest]:
-        yield config()
-        time.sleep(timeout * 3)
-
-    code, _, _ = await asyncio.to_thread(refusal_status, address, silent_after_config(), timeout=timeout)
-    return code
 
 
 async def test_a_stream_longer_than_max_stream_s_is_ended(start_hark: StartHark, tiny_model_store: Path) -> None:
