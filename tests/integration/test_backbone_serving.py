@@ -19,9 +19,10 @@ from hark.core.model_store import publish_version
 from hark_training import backbone
 from hark_training.backbone import BACKBONE_FRONTEND, BackboneUnavailableError, OwwTransfer
 from hark_training.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from loadtest.soak import config
 from tests.fixtures_models import LABELS, manifest_fields, quiet
 from tests.integration.conftest import StartHark
-from tests.integration.test_server import OK, audio_requests, config, run_stream
+from tests.integration.test_server import OK, audio_requests, run_stream
 
 try:
     backbone.resource(backbone.EMBEDDING_MODEL)

@@ -18,13 +18,13 @@ import pytest
 import soundfile as sf
 
 from hark.v1 import hark_pb2
-from loadtest.soak import refusal_status
+from loadtest.soak import audio, config, refusal_status
 from tests.fixtures_models import noise
 from tests.integration.conftest import StartHark
 from tests.integration.test_cli import hark as run_hark
 from tests.integration.test_cli import write_wav
 from tests.integration.test_faults import bug_lines, wait_until_idle
-from tests.integration.test_server import audio, audio_requests, config, expected_windows, run_stream
+from tests.integration.test_server import audio_requests, expected_windows, run_stream
 
 pytestmark = pytest.mark.timeout(60)
 

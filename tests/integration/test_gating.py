@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.soak import config
 from tests.fixtures_models import quiet, utterance
 from tests.integration.conftest import StartHark
-from tests.integration.test_server import OK, audio_requests, config, run_stream
+from tests.integration.test_server import OK, audio_requests, run_stream
 
 
 async def test_quiet_hops_are_gated_and_events_are_unchanged(start_hark: StartHark, tiny_model_store: Path) -> None:

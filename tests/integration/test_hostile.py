@@ -47,10 +47,10 @@ from loadtest.hostile import (
     slow_bodies,
     unfinished_calls,
 )
-from loadtest.soak import ServerProcess, expected_windows, refusal_status
+from loadtest.soak import ServerProcess, audio, config, expected_windows, refusal_status
 from tests.fixtures_models import noise, publish_tiny, utterance
 from tests.integration.conftest import Hark, StartHark
-from tests.integration.test_server import audio, audio_requests, config, run_stream
+from tests.integration.test_server import audio_requests, run_stream
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -33,10 +33,11 @@ from hark.core.model_store import MODEL_FILE, ModelStore, VerificationError, loa
 from hark.security import MIN_TOKEN_CHARS, TokenVerifier, bearer_token, parse_tokens
 from hark.server import StartupError, start_server
 from hark.v1 import hark_pb2, hark_pb2_grpc
+from loadtest.soak import audio, config
 from tests.fixtures_models import noise, publish_tiny
 from tests.integration.conftest import TEST_SETTINGS, Hark, StartHark
 from tests.integration.test_cli import HARK, Result, write_wav
-from tests.integration.test_server import StreamResult, audio, audio_requests, config
+from tests.integration.test_server import StreamResult, audio_requests
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

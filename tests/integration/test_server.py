@@ -30,7 +30,7 @@ from hark.core.audio import encode_pcm, resample
 from hark.core.model_store import MODEL_FILE
 from hark.server import StartupError, start_server
 from hark.v1 import hark_pb2, hark_pb2_grpc
-from loadtest.soak import expired_stream_status, refusal_status
+from loadtest.soak import audio, config, expired_stream_status, refusal_status
 from tests.fixtures_models import noise, pcm_chunks, publish_tiny, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
 
@@ -42,15 +42,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 # Client helpers ---------------------------------------------------------------------------------------
-
-
-def config(**fields: object) -> hark_pb2.StreamRequest:
-    values: dict[str, object] = {"sample_rate_hz": 16_000, "encoding": hark_pb2.PCM_S16LE, **fields}
-    return hark_pb2.StreamRequest(config=hark_pb2.StreamConfig(**values))  # type: ignore[arg-type]
-
-
-def audio(pcm: bytes) -> hark_pb2.StreamRequest:
-    return hark_pb2.StreamRequest(audio=hark_pb2.AudioChunk(pcm=pcm))
 
 
 def audio_requests(

@@ -16,9 +16,10 @@ import pytest
 
 from hark.core.audio import encode_pcm
 from hark.v1 import hark_pb2
+from loadtest.soak import config
 from tests.fixtures_models import noise, publish_tiny, publish_tiny_streaming, quiet, utterance
 from tests.integration.conftest import Hark, StartHark
-from tests.integration.test_server import OK, StreamResult, audio_requests, config, run_stream
+from tests.integration.test_server import OK, StreamResult, audio_requests, run_stream
 
 pytestmark = pytest.mark.timeout(60)
 

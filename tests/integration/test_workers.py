@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hark.core.audio import encode_pcm
 from hark.v1 import hark_pb2, hark_pb2_grpc
+from loadtest.soak import config
 from tests.fixtures_models import noise
-from tests.integration.test_server import OK, LiveStream, audio_requests, config, expected_windows
+from tests.integration.test_server import OK, LiveStream, audio_requests, expected_windows
 
 pytestmark = pytest.mark.timeout(120)
 
