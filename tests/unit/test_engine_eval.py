@@ -38,8 +38,8 @@ def _streams_csv(folder: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def _row(name: str, split: str, kind: str, events: str = "", engine: str = "pico") -> dict[str, str]:
-    return {"path": f"{name}.wav", "split": split, "engine": engine, "voice": "v", "licence": "x", "kind": kind,
+def _row(name: str, split: str, kind: str, events: str = "", engine: str = "pico", voice: str = "v") -> dict[str, str]:
+    return {"path": f"{name}.wav", "split": split, "engine": engine, "voice": voice, "licence": "x", "kind": kind,
             "duration_s": "20.0", "events": events}  # fmt: skip
 
 
@@ -61,8 +61,8 @@ def test_stream_report_counts_hits_misses_and_false_alarms_per_hour(tmp_path: Pa
         data,
         [
             _row("kw", "test", "keywords", "yes@3.000-3.900;yes@9.000-9.900;no@15.000-15.900"),
-            _row("free", "test", "keyword-free"),
-            _row("quiet", "test", "keyword-free"),
+            _row("free", "test", "keyword-free", voice="loud"),
+            _row("quiet", "test", "keyword-free", voice="calm"),
             _row("free", "val", "keyword-free", engine="other"),
         ],
     )
@@ -75,6 +75,10 @@ def test_stream_report_counts_hits_misses_and_false_alarms_per_hour(tmp_path: Pa
     assert pico["event_precision"] == 2 / 3  # the burst said as "no" is heard as "yes": a false event
     assert pico["false_alarms_per_hour"] == 1 / (40 / 3600)
     assert pico["false_alarms_by_label"] == {"yes": 1}  # which keyword the keyword-free speech set off
+    assert pico["false_alarms_by_voice"] == {  # and which voice: most first
+        "loud": {"false_alarms": 1, "per_hour": 1 / (20 / 3600), "keyword_free_minutes": 0.3},
+        "calm": {"false_alarms": 0, "per_hour": 0.0, "keyword_free_minutes": 0.3},
+    }
 
 
 def test_the_printed_table_names_the_keywords_that_unheard_speech_set_off() -> None:
@@ -84,6 +88,12 @@ def test_the_printed_table_names_the_keywords_that_unheard_speech_set_off() -> N
     )
     assert table.splitlines()[1].split()[:3] == ["pico", "10", "0.700"]
     assert table.splitlines()[-1] == "false alarms on rhvoice's keyword-free speech: no 2"
+    voices = {"a": {"false_alarms": 2, "per_hour": 12.0, "keyword_free_minutes": 10.0},
+              "b": {"false_alarms": 0, "per_hour": 0.0, "keyword_free_minutes": 10.0}}  # fmt: skip
+    table = engine_eval.format_engine_table(
+        {"rhvoice": {**figures, "false_alarms_by_label": {"no": 2}, "false_alarms_by_voice": voices}}
+    )
+    assert table.splitlines()[-1] == "  by voice: a 2 (12.0/h), b 0 (0.0/h)"
 
 
 def test_thresholds_are_raised_until_the_budget_holds_and_land_in_the_manifest(tmp_path: Path) -> None:

@@ -153,22 +153,27 @@ def events_report(
     """Event F1 and false alarms per hour per engine of scored streams, with ``thresholds`` (or the manifest's)."""
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     fired: dict[str, Counter[str]] = defaultdict(Counter)  # which keywords the keyword-free speech set off
+    voices: dict[str, dict[str, list[float]]] = defaultdict(dict)  # per voice: keyword-free hours, false alarms
     for row, times, probs in scored:
         events = detect(manifest, times, probs, thresholds)
         a = acc[row["engine"]]
         if row["kind"] == "keyword-free":
-            a["free_hours"] += float(row["duration_s"]) / 3600
+            hours = float(row["duration_s"]) / 3600
+            a["free_hours"] += hours
             a["false_alarms"] += len(events)
             fired[row["engine"]].update(label for label, _ in events)
+            voice = voices[row["engine"]].setdefault(row["voice"], [0.0, 0.0])
+            voice[0] += hours
+            voice[1] += len(events)
         else:
             tp, fp, fn, _ = match(events, parse_events(row["events"]))
             a["tp"] += tp
             a["fp"] += fp
             a["fn"] += fn
-    return {engine: _event_figures(a, fired[engine]) for engine, a in sorted(acc.items())}
+    return {engine: _event_figures(a, fired[engine], voices[engine]) for engine, a in sorted(acc.items())}
 
 
-def _event_figures(a: Mapping[str, float], fired: Counter[str]) -> dict[str, Any]:
+def _event_figures(a: Mapping[str, float], fired: Counter[str], voices: Mapping[str, list[float]]) -> dict[str, Any]:
     tp, fp, fn = a.get("tp", 0.0), a.get("fp", 0.0), a.get("fn", 0.0)
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
@@ -181,8 +186,19 @@ def _event_figures(a: Mapping[str, float], fired: Counter[str]) -> dict[str, Any
         "keywords": int(tp + fn),
         "false_alarms_per_hour": a.get("false_alarms", 0.0) / hours if hours else None,
         "false_alarms_by_label": dict(fired.most_common()),
+        "false_alarms_by_voice": _by_voice(voices),
         "keyword_free_minutes": round(hours * 60, 1),
     }
+
+
+def _by_voice(voices: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+    """False alarms and their rate per voice, most first: an engine's rate can be one voice's doing."""
+    figures = {
+        voice: {"false_alarms": int(n), "per_hour": n / hours, "keyword_free_minutes": round(hours * 60, 1)}
+        for voice, (hours, n) in voices.items()
+        if hours
+    }
+    return dict(sorted(figures.items(), key=lambda item: (-item[1]["false_alarms"], item[0])))
 
 
 # --- clips ------------------------------------------------------------------------------------------------------
@@ -269,6 +285,12 @@ def format_engine_table(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"false alarms on {e}'s keyword-free speech: " + ", ".join(f"{k} {n}" for k, n in fired.items())
             )
+            by_voice = [
+                f"{v} {f['false_alarms']} ({f['per_hour']:.1f}/h)"
+                for v, f in r.get("false_alarms_by_voice", {}).items()
+            ]
+            if by_voice:
+                lines.append("  by voice: " + ", ".join(by_voice))
     return "\n".join(lines)
 
 
