@@ -153,7 +153,7 @@ def events_report(
     """Event F1 and false alarms per hour per engine of scored streams, with ``thresholds`` (or the manifest's)."""
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     fired: dict[str, Counter[str]] = defaultdict(Counter)  # which keywords the keyword-free speech set off
-    voices: dict[str, dict[str, list[float]]] = defaultdict(dict)  # per voice: keyword-free hours, false alarms
+    voices: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     for row, times, probs in scored:
         events = detect(manifest, times, probs, thresholds)
         a = acc[row["engine"]]
@@ -162,9 +162,9 @@ def events_report(
             a["free_hours"] += hours
             a["false_alarms"] += len(events)
             fired[row["engine"]].update(label for label, _ in events)
-            voice = voices[row["engine"]].setdefault(row["voice"], [0.0, 0.0])
-            voice[0] += hours
-            voice[1] += len(events)
+            voice = voices[row["engine"]][row["voice"]]  # the same sums, per voice of the engine
+            voice["free_hours"] += hours
+            voice["false_alarms"] += len(events)
         else:
             tp, fp, fn, _ = match(events, parse_events(row["events"]))
             a["tp"] += tp
@@ -173,7 +173,9 @@ def events_report(
     return {engine: _event_figures(a, fired[engine], voices[engine]) for engine, a in sorted(acc.items())}
 
 
-def _event_figures(a: Mapping[str, float], fired: Counter[str], voices: Mapping[str, list[float]]) -> dict[str, Any]:
+def _event_figures(
+    a: Mapping[str, float], fired: Counter[str], voices: Mapping[str, Mapping[str, float]]
+) -> dict[str, Any]:
     tp, fp, fn = a.get("tp", 0.0), a.get("fp", 0.0), a.get("fn", 0.0)
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
@@ -191,12 +193,16 @@ def _event_figures(a: Mapping[str, float], fired: Counter[str], voices: Mapping[
     }
 
 
-def _by_voice(voices: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+def _by_voice(voices: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """False alarms and their rate per voice, most first: an engine's rate can be one voice's doing."""
     figures = {
-        voice: {"false_alarms": int(n), "per_hour": n / hours, "keyword_free_minutes": round(hours * 60, 1)}
-        for voice, (hours, n) in voices.items()
-        if hours
+        voice: {
+            "false_alarms": int(v["false_alarms"]),
+            "per_hour": v["false_alarms"] / v["free_hours"],
+            "keyword_free_minutes": round(v["free_hours"] * 60, 1),
+        }
+        for voice, v in voices.items()
+        if v["free_hours"]
     }
     return dict(sorted(figures.items(), key=lambda item: (-item[1]["false_alarms"], item[0])))
 
