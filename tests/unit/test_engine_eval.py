@@ -230,3 +230,24 @@ def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
     assert "budgets must be positive" in capsys.readouterr().err
     assert engine_eval.main(["curve", str(version), "--data", str(data), "--tune-data", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("cannot draw the operating curve: ")
+
+
+def test_hark_evals_per_engine_table_counts_the_clips_of_the_manifest_it_was_given(tmp_path: Path) -> None:
+    """Not the data set's own manifest beside it: the table must describe the clips the headline measured."""
+    version = publish_tiny(tmp_path / "store")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, audio in (("loud", noise(1.0)), ("still", quiet(1.0))):
+        sf.write(data / f"{name}.wav", audio, 16_000, subtype="PCM_16")
+    columns = ["path", "label", "split", "voice", "source", "engine", "kind"]
+    for manifest, rows in (
+        ("manifest.csv", [["loud.wav", "yes", "test", "a", "pico", "pico", "word"],
+                          ["still.wav", "_silence_", "test", "b", "pico", "pico", "word"]]),
+        ("subset.csv", [["loud.wav", "yes", "test", "c", "dectalk", "dectalk", "word"]]),
+    ):  # fmt: skip
+        with (data / manifest).open("w", newline="") as f:
+            csv.writer(f).writerows([columns, *rows])
+    table = engine_eval.per_engine_table(version, data / "subset.csv", "test")
+    assert table is not None
+    assert "dectalk" in table and "pico" not in table
+    assert table.splitlines()[1].split() == ["dectalk", "1", "1.000"]

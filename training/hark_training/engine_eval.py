@@ -210,18 +210,24 @@ def _by_voice(voices: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, 
 # --- clips ------------------------------------------------------------------------------------------------------
 
 
-def clip_rows(data_dir: Path, splits: Sequence[str], engines: Sequence[str] | None = None) -> list[dict[str, str]]:
-    """The manifest's rows of ``splits``, of every engine or of ``engines``."""
-    with (Path(data_dir) / "manifest.csv").open(newline="", encoding="utf-8") as f:
+def clip_rows(
+    data_dir: Path, splits: Sequence[str], engines: Sequence[str] | None = None, manifest: Path | None = None
+) -> list[dict[str, str]]:
+    """The rows of ``splits`` in ``manifest`` (default: the data set's own), of every engine or of ``engines``."""
+    with (manifest or Path(data_dir) / "manifest.csv").open(newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] in splits]
     return [r for r in rows if engines is None or (r.get("engine") or r["source"]) in engines]
 
 
 def clip_report(
-    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], engines: Sequence[str] | None = None
+    loaded: LoadedModel,
+    data_dir: Path,
+    splits: Sequence[str],
+    engines: Sequence[str] | None = None,
+    manifest: Path | None = None,
 ) -> dict[str, Any]:
-    """Top-1 accuracy per engine (and per kind of clip) over the clips of ``splits``."""
-    rows = [r for r in clip_rows(data_dir, splits, engines) if (r.get("engine") or "") != "noise"]
+    """Top-1 accuracy per engine (and per kind of clip) over the clips of ``splits`` (of ``manifest``, if given)."""
+    rows = [r for r in clip_rows(data_dir, splits, engines, manifest) if (r.get("engine") or "") != "noise"]
     m = loaded.manifest
     x = extract([Path(data_dir) / r["path"] for r in rows], m.frontend, m.window_frames, progress=False)
     probs = np.concatenate(
@@ -265,11 +271,12 @@ def engine_report(
 
 
 def per_engine_table(version_dir: Path, data_manifest: Path, split: str) -> str | None:
-    """``hark eval``'s per-engine accuracy, for a data manifest that records engines (else None)."""
+    """``hark eval``'s per-engine accuracy on the clips it measured, for a data manifest that records engines
+    (else None)."""
     with data_manifest.open(newline="", encoding="utf-8") as f:
         if "engine" not in (csv.DictReader(f).fieldnames or ()):
             return None
-    report = clip_report(load_version(version_dir), data_manifest.parent, [split])
+    report = clip_report(load_version(version_dir), data_manifest.parent, [split], manifest=data_manifest)
     lines = [f"{'engine/kind':<22}{'clips':>7}{'top-1':>8}"]
     lines += [f"{name:<22}{r['clips']:>7}{r['accuracy']:>8.3f}" for name, r in report.items()]
     return "\n".join(lines)
