@@ -19,7 +19,7 @@ import select
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -406,9 +406,22 @@ def speak_espeak(voice: str, text: str, prosody: Prosody) -> FloatArray:
     return _espeak(voice, text, prosody)
 
 
+def speak_espeak_l2(voice: str, text: str, prosody: Prosody) -> FloatArray:
+    """English with another language's sounds, said by espeak-ng's voice for that language (``es+m3``: a Spanish
+    accent, variant ``m3``; see :mod:`hark_training.l2_english`)."""
+    from hark_training.l2_english import L2_LANGUAGES, l2_input
+
+    language, _, variant = voice.partition("+")
+    if language not in L2_LANGUAGES:
+        raise EngineError(f"espeak-ng-l2 has no language {language!r}; it has {', '.join(L2_LANGUAGES)}")
+    file = L2_LANGUAGES[language]
+    return _espeak(f"{file}+{variant}" if variant else file, l2_input(text, language), prosody)
+
+
 Speaker = Callable[[str, str, Prosody], FloatArray]
 SPEAKERS: dict[str, Speaker] = {
     "espeak-ng": speak_espeak,
+    "espeak-ng-l2": speak_espeak_l2,
     "mbrola": speak_mbrola,
     "rhvoice": speak_rhvoice,
     "pico": speak_pico,
@@ -481,11 +494,30 @@ def espeak_voices(max_voices: int = 24, seed: int = 0) -> list[EngineVoice]:
     return [EngineVoice("espeak-ng", str(v), ESPEAK_LICENCE) for v in chosen]
 
 
+def espeak_l2_voices(variants: Sequence[str] = (), per_language: int = 1, seed: int = 0) -> list[EngineVoice]:
+    """Each installed :data:`~hark_training.l2_english.L2_LANGUAGES` voice with ``per_language`` of ``variants``
+    (default: espeak-ng's distinct variants), drawn from ``seed``."""
+    from hark_training.data import distinct_variants, espeak_data_dir, list_variants
+    from hark_training.l2_english import L2_LANGUAGES
+
+    lang = espeak_data_dir() / "lang"
+    pool = sorted(variants) or list(distinct_variants(list_variants()))
+    rng = np.random.default_rng([seed, 0x12])
+    voices: list[EngineVoice] = []
+    for language, file in L2_LANGUAGES.items():
+        if (lang / file).is_file():
+            chosen = sorted(rng.permutation(pool)[:per_language].tolist())
+            voices += [EngineVoice("espeak-ng-l2", f"{language}+{v}", ESPEAK_LICENCE) for v in chosen]
+    return voices
+
+
 def installed_voices(engines: tuple[str, ...] = ENGINES, espeak_sample: int = 24) -> list[EngineVoice]:
     """Every usable, non-reserved voice of the wanted engines that is installed on this machine."""
     voices: list[EngineVoice] = []
     if "espeak-ng" in engines and shutil.which("espeak-ng"):
         voices += espeak_voices(espeak_sample)
+    if "espeak-ng-l2" in engines and shutil.which("espeak-ng"):
+        voices += espeak_l2_voices()
     if "mbrola" in engines and shutil.which("espeak-ng") and shutil.which("mbrola"):
         voices += [EngineVoice("mbrola", v, MBROLA_LICENCE) for v in MBROLA_VOICES if _mbrola_installed(v)]
     if "rhvoice" in engines and shutil.which("RHVoice-test"):

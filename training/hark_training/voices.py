@@ -64,6 +64,7 @@ from hark_training.engines import (
     EngineError,
     EngineVoice,
     Prosody,
+    espeak_l2_voices,
     installed_voices,
     prepare,
     speak,
@@ -240,10 +241,10 @@ class VoicesConfig:
     a stream shows the model ten windows a second of other speech, so more of them cost little to render and
     teach it what not to fire on. Validation and test keep one, so their clips do not change."""
     renders: int = 1
-    """How many times each training engine but espeak-ng says its share: render ``k`` is planned as a build of
-    those engines alone from ``seed + k`` would be (other texts, prosody, rooms and channels; the same voices)
-    and written under ``r<k>_`` names. Its voices are few, so more of what they say is cheap variety; espeak-ng
-    is left out because its voices' split depends on the seed."""
+    """How many times each training engine but those of :data:`SAID_ONCE` says its share: render ``k`` is planned
+    as a build of those engines alone from ``seed + k`` would be (other texts, prosody, rooms and channels; the
+    same voices) and written under ``r<k>_`` names. Their voices are few, so more of what they say is cheap
+    variety."""
     stream_minutes: float = 15.0
     """Minutes of streams per held-out engine: two thirds keyword-free, one third with keywords."""
     stream_s: float = 60.0
@@ -336,6 +337,22 @@ def engine_scale(engine: str, config: VoicesConfig) -> float:
     return min(scale, HELD_OUT_SCALE) if split_of_engine(engine, config) != "train" else scale
 
 
+SAID_ONCE: tuple[str, ...] = ("espeak-ng", "espeak-ng-l2")
+"""Engines with hundreds of voices say their share once however many :attr:`VoicesConfig.renders` there are: more
+of their voices is variety enough (and espeak-ng's voice split depends on the seed)."""
+L2_VARIANTS = 4
+"""espeak-ng variants each ``espeak-ng-l2`` language speaks with: 12 accents x 4 is 48 speakers."""
+
+
+def l2_split_voices(seed: int, split: str) -> list[tuple[EngineVoice, str]]:
+    """``espeak-ng-l2``'s speakers, with variants from espeak-ng's training split only: a held-out variant's
+    voice must not be heard in training under another accent."""
+    from hark_training.data import discover_voices
+
+    variants = {v.variant for v in discover_voices(seed)["train"]}
+    return [(v, split) for v in espeak_l2_voices(sorted(variants), L2_VARIANTS, seed)]
+
+
 def espeak_split_voices(seed: int, per_split: int) -> list[tuple[EngineVoice, str]]:
     """espeak-ng voices drawn from each split of :func:`hark_training.data.discover_voices`, so no variant
     crosses splits between the word data set and the running speech."""
@@ -354,7 +371,7 @@ def plan(config: VoicesConfig, engines: Sequence[str], seed: int) -> list[Spec]:
     """Every clip, window and stream, decided before anything is rendered; with ``config.renders`` above 1, the
     training engines' further renders after them (see :attr:`VoicesConfig.renders`)."""
     specs = plan_render(config, engines, seed)
-    again = [e for e in engines if e != "espeak-ng" and split_of_engine(e, config) == "train"]
+    again = [e for e in engines if e not in SAID_ONCE and split_of_engine(e, config) == "train"]
     for k in range(1, config.renders):
         specs += [replace(s, render=k) for s in plan_render(config, again, seed + k)]
     return specs
@@ -367,6 +384,8 @@ def plan_render(config: VoicesConfig, engines: Sequence[str], seed: int) -> list
     for engine in engines:
         if engine == "espeak-ng":
             voices += espeak_split_voices(seed, config.espeak_voices)
+        elif engine == "espeak-ng-l2":
+            voices += l2_split_voices(seed, split_of_engine(engine, config))
         else:
             voices += [(v, split_of_engine(engine, config)) for v in installed_voices((engine,))]
     if config.commercial_only:
@@ -876,7 +895,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "voices",
         help="add other speech engines' words, running speech and streams to a built data set",
         description="Speak the keywords, sentences and keyword-free running speech with MBROLA, RHVoice, "
-        "SVOX Pico, Piper, DECtalk, GnuSpeech, Kokoro and espeak-ng voices, and add them to the manifest of a "
+        "SVOX Pico, Piper, DECtalk, GnuSpeech, Kokoro and espeak-ng voices (its English ones, and those of other "
+        "languages saying English with their own sounds), and add them to the manifest of a "
         "data set made by 'hark data build'. Whole engines are held out for validation and test.",
     )
     voices.add_argument(
