@@ -169,7 +169,8 @@ proto: $(DEV_STAMP)  ## Regenerate the stubs in service/hark/v1 from proto/
 # Pico's and GnuSpeech's keyword-free speech (TUNE_DATA, rendered with another seed than any data set it is measured
 # on; $(KEYWORDS_BUDGET) false alarms per hour, thresholds from 0.6, 5 hops smoothed) and the per-engine report. MODEL_STORE=runs/store
 # publishes a candidate instead; compare it with `HARK_E2E_STORE=runs/store pytest tests/integration/test_end_to_end*.py`.
-ENGINES_ARGS := --engines espeak-ng,mbrola,rhvoice,pico,piper,dectalk,kokoro --val-engines pico --test-engines rhvoice
+KEYWORDS_ENGINES := espeak-ng,mbrola,rhvoice,pico,piper,dectalk,kokoro
+ENGINES_ARGS := --engines $(KEYWORDS_ENGINES) --val-engines pico --test-engines rhvoice
 KEYWORDS_BUILD_ARGS := $(ENGINES_ARGS) --free-windows 3 --renders 3
 MODEL_STORE ?= model_store
 KEYWORDS_DATA ?= data/keywords
@@ -267,6 +268,27 @@ model-steps: $(DEV_STAMP)  ## The 5-minute recipe without running speech, and di
 	nice -n 10 $(BIN)/hark train --config training/configs/keywords_loeo_distilled.toml --data $(KEYWORDS_DATA)/manifest.csv --out runs/loeo-distilled --quiet
 	rm -rf runs/store-loeo-distilled && $(BIN)/hark export runs/loeo-distilled --store runs/store-loeo-distilled --name keywords --quiet
 	$(call measure,runs/store-loeo-distilled/keywords/1,training/results/loeo-distilled-heldout.json)
+
+# English with other languages' sounds (espeak-ng-l2): make model's data set plus that engine's clips (a copy, hard-linked
+# where it can be), and one seed of keywords/7's recipe with and without them, each with the budget thresholds and
+# measured on make eval-long's hour, then compared on operating curves. Needs make model's and make eval-long's data.
+L2_DATA ?= data/keywords-l2
+
+.PHONY: model-accents
+model-accents: $(VOICES_STAMP) system-deps-voices  ## English with other languages' sounds: one seed with and one without, on eval-long's hour and operating curves (about 70 min)
+	rm -rf $(L2_DATA) && (cp -al $(KEYWORDS_DATA) $(L2_DATA) 2>/dev/null || cp -a $(KEYWORDS_DATA) $(L2_DATA))
+	nice -n 10 $(BIN)/hark data voices --out $(L2_DATA) --engines $(KEYWORDS_ENGINES),espeak-ng-l2 --only espeak-ng-l2 \
+		--val-engines pico --test-engines rhvoice --free-windows 3 --renders 3 --no-progress
+	for R in without:keywords_voices_renders3:$(KEYWORDS_DATA) with:keywords_voices_l2:$(L2_DATA); do \
+		set -- $$(echo $$R | tr : ' '); \
+		nice -n 10 $(BIN)/hark train --config training/configs/$$2.toml --data $$3/manifest.csv --seed 0 --out runs/accents-$$1 --quiet && \
+		rm -rf runs/store-accents-$$1 && $(BIN)/hark export runs/accents-$$1 --store runs/store-accents-$$1 --name keywords --quiet && \
+		$(BIN)/hark engines card runs/store-accents-$$1/keywords/1 --data $$3 >/dev/null && \
+		$(BIN)/hark engines thresholds runs/store-accents-$$1/keywords/1 --data $(TUNE_DATA) --budget $(KEYWORDS_BUDGET) --floor 0.6 --smoothing-windows 5 && \
+		$(BIN)/hark engines eval runs/store-accents-$$1/keywords/1 --data $(LONG_DATA) --out training/results/accents-$$1-seed0-long-streams.json || exit 1; \
+	done
+	$(BIN)/hark engines curve runs/store-accents-without/keywords/1 runs/store-accents-with/keywords/1 --data $(LONG_DATA) --tune-data $(TUNE_DATA) \
+		--out training/results/curve-accents.json --plot training/results/curve-accents.png
 
 # The served keywords version measured on an hour of each held-out engine's streams (40 minutes of it keyword-free)
 # instead of make model's 15: ten minutes hold only a handful of false alarms. Its own data set, of the held-out
