@@ -2,9 +2,9 @@
 nearest one another language's voice has, spoken by that voice.
 
 This is how a second-language (L2) accent forms: the words and their stress are English, but every sound is drawn
-from the speaker's first language (``the`` becomes ``z@`` or ``d@``, ``water`` ``vOt@r``), with that language's
-vowels, its ``r`` and its intonation. The formant voices of espeak-ng speak it, so the accents are many and cheap;
-the issue's "English words spoken with other languages' voices".
+from the speaker's first language (``the`` becomes ``de`` in Italian, ``ze`` in Persian, ``water`` ``voter`` in
+Persian and Turkish), with that language's vowels, its ``r`` and its intonation. espeak-ng's formant voices speak
+it, so the accents are many and cheap.
 
 Russian, Ukrainian and Belarusian are left out while RHVoice, whose two non-native voices have a Russian accent,
 is the held-out test engine: that accent stays one the model never heard.
@@ -99,7 +99,8 @@ SUBSTITUTES: dict[str, tuple[str, ...]] = {
     "aU": ("aU", "a w", "a u"),
     "eI": ("eI", "e j", "e i", "e"),
     "OI": ("OI", "o j", "o i"),
-    # marks: the linking r of "water about" (the vowel before it already has the r), the final happy vowel's
+    # marks: the linking r of "water about" (the vowel before it already has its r), and the one espeak-ng puts
+    # after a final unstressed "y" ("sorry")
     "r-": ("",),
     ";": ("",),
 }
