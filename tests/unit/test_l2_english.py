@@ -90,6 +90,11 @@ def test_an_unknown_language_is_an_engine_error() -> None:
         speak(EngineVoice("espeak-ng-l2", "xx+m3", ESPEAK_LICENCE), "yes")
 
 
+def test_a_failed_espeak_ng_call_is_an_engine_error_that_says_why() -> None:
+    with pytest.raises(EngineError, match="espeak-ng failed: .*does not exist"):
+        english_phonemes(["yes"], accent="xx-no-such-accent")
+
+
 def test_its_speakers_use_training_variants_only_and_speak_once_however_many_renders() -> None:
     """A held-out espeak-ng variant heard under another accent would leak a test voice into training."""
     training = {v.variant for v in discover_voices(0)["train"]}

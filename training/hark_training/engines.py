@@ -144,7 +144,8 @@ def _wav_bytes_to_16k(data: bytes) -> FloatArray:
     return resample(np.ascontiguousarray(samples[:, 0]), int(rate), SAMPLE_RATE).astype(np.float64)
 
 
-def _run(args: list[str], stdin: bytes | None = None) -> bytes:
+def run_program(args: list[str], stdin: bytes | None = None) -> bytes:
+    """A speech program's output; a missing program or a failed run is an :class:`EngineError` naming it."""
     try:
         done = subprocess.run(args, input=stdin, capture_output=True, check=True, timeout=120)
     except FileNotFoundError as e:
@@ -160,7 +161,9 @@ def _run(args: list[str], stdin: bytes | None = None) -> bytes:
 def _espeak(voice: str, text: str, prosody: Prosody) -> FloatArray:
     speed = round(175 * prosody.rate)
     pitch = int(np.clip(round(50 * prosody.pitch), 0, 99))
-    return _wav_bytes_to_16k(_run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text]))
+    return _wav_bytes_to_16k(
+        run_program(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text])
+    )
 
 
 def speak_mbrola(voice: str, text: str, prosody: Prosody) -> FloatArray:
@@ -173,7 +176,7 @@ def speak_rhvoice(voice: str, text: str, prosody: Prosody) -> FloatArray:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "x.wav"
         args = ["RHVoice-test", "-p", voice, "-r", str(rate), "-t", str(pitch), "-R", str(SAMPLE_RATE)]
-        _run([*args, "-o", str(out)], stdin=text.encode())
+        run_program([*args, "-o", str(out)], stdin=text.encode())
         return _wav_bytes_to_16k(out.read_bytes())
 
 
@@ -183,7 +186,7 @@ def speak_pico(voice: str, text: str, prosody: Prosody) -> FloatArray:
     markup = f"<speed level='{rate}'><pitch level='{pitch}'>{escape(text)}</pitch></speed>"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "x.wav"
-        _run(["pico2wave", "-l", voice, "-w", str(out), markup])
+        run_program(["pico2wave", "-l", voice, "-w", str(out), markup])
         return _wav_bytes_to_16k(out.read_bytes())
 
 
@@ -331,7 +334,7 @@ def kokoro_phonemes(text: str) -> str:
     espeak-ng writes one line per clause and no punctuation: the clauses are joined with commas, and the text's
     own final ``,.!?`` (a full stop when it has none) ends it, so a question rises and a word said alone falls.
     """
-    raw = _run(["espeak-ng", "-q", "-x", "--ipa", "--tie=^", "-v", "en-us", text]).decode()
+    raw = run_program(["espeak-ng", "-q", "-x", "--ipa", "--tie=^", "-v", "en-us", text]).decode()
     clauses = [c.strip() for c in raw.splitlines() if c.strip()]
     ipa = ", ".join(clauses)
     for old, new in _KOKORO_FROM_ESPEAK:

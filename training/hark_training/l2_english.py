@@ -13,9 +13,10 @@ is the held-out test engine: that accent stays one the model never heard.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Sequence
 from functools import cache, partial
+
+from hark_training.engines import EngineError, run_program
 
 L2_LANGUAGES: dict[str, str] = {
     "es": "roa/es",
@@ -179,8 +180,7 @@ _TONE = re.compile(r"\d+$")
 
 
 def _espeak(args: list[str], text: str) -> str:
-    done = subprocess.run(["espeak-ng", "-q", *args], input=text.encode(), capture_output=True, check=True, timeout=60)
-    return done.stdout.decode()
+    return run_program(["espeak-ng", "-q", *args], stdin=text.encode()).decode()
 
 
 def english_phonemes(pieces: Sequence[str], accent: str = "gmw/en-US") -> list[list[list[str]]]:
@@ -188,7 +188,7 @@ def english_phonemes(pieces: Sequence[str], accent: str = "gmw/en-US") -> list[l
     out = _espeak(["-x", "--sep=|", "-v", accent, "--stdin"], "".join(f"{p}.\n" for p in pieces))
     lines = [line.strip() for line in out.splitlines() if line.strip()]
     if len(lines) != len(pieces):
-        raise RuntimeError(f"espeak-ng gave {len(lines)} phoneme lines for {len(pieces)} pieces of text")
+        raise EngineError(f"espeak-ng gave {len(lines)} phoneme lines for {len(pieces)} pieces of text")
     return [[word.split("|") for word in line.split()] for line in lines]
 
 
