@@ -223,13 +223,58 @@ def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
 
     written = json.loads(out.read_text())["curves"][str(version)]
     assert [p["budget_per_hour"] for p in written] == [2.0, 20.0]
+    assert set(json.loads(out.read_text())["f1_at"][str(version)]["pico"]) == {"5", "10", "20"}
     assert plot.read_bytes().startswith(b"\x89PNG")
-    assert "budget 2: pico" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "budget 2: pico" in printed and "event F1 at equal false alarms" in printed
     with pytest.raises(SystemExit):
         engine_eval.main(["curve", *args[:-1], "2,-1"])
     assert "budgets must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        engine_eval.main(["curve", *args, "--at", "ten"])
+    assert "rates must be numbers" in capsys.readouterr().err
     assert engine_eval.main(["curve", str(version), "--data", str(data), "--tune-data", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("cannot draw the operating curve: ")
+
+
+def _point(budget: float, **engines: tuple[float | None, float]) -> dict[str, object]:
+    return {
+        "budget_per_hour": budget,
+        "engines": {e: {"event_f1": f1, "false_alarms_per_hour": fa} for e, (f1, fa) in engines.items()},
+    }
+
+
+def test_f1_at_a_rate_is_read_between_the_two_nearest_points_of_the_curve() -> None:
+    points = [_point(1, pico=(0.2, 4.0)), _point(5, pico=(0.4, 8.0)), _point(20, pico=(0.6, 24.0))]
+
+    assert curve.f1_at_rate(points, "pico", 6.0) == pytest.approx(0.3)
+    assert curve.f1_at_rate(points, "pico", 16.0) == pytest.approx(0.5)
+    assert curve.f1_at_rate(points, "pico", 8.0) == pytest.approx(0.4)
+    assert curve.f1_at_rate(points, "pico", 1.0) == pytest.approx(0.2), "below its reach: its first point"
+    assert curve.f1_at_rate(points, "pico", 99.0) == pytest.approx(0.6), "beyond its reach: its last point"
+    assert curve.f1_at_rate(points, "rhvoice", 10.0) is None
+
+
+def test_f1_at_a_rate_follows_the_measured_rates_not_the_budgets() -> None:
+    # tuned on other speech, a looser budget may measure fewer false alarms: order by what was measured
+    points = [_point(1, pico=(0.3, 10.0)), _point(2, pico=(0.1, 2.0)), _point(5, pico=(0.5, 10.0))]
+
+    assert curve.f1_at_rate(points, "pico", 6.0) == pytest.approx(0.3), "the best F1 where two points share a rate"
+    assert curve.f1_at_rate([_point(5, pico=(None, 3.0))], "pico", 3.0) is None
+
+
+def test_versions_are_compared_at_the_same_rates_on_every_engine() -> None:
+    curves = {
+        "a": [_point(5, pico=(0.2, 5.0), gnuspeech=(0.1, 5.0)), _point(10, pico=(0.4, 15.0), gnuspeech=(0.3, 25.0))],
+        "b": [_point(5, pico=(0.3, 5.0))],
+    }
+
+    table = curve.f1_at_rates(curves, [5.0, 10.0])
+
+    assert table["a"]["pico"] == {"5": pytest.approx(0.2), "10": pytest.approx(0.3)}
+    assert table["a"]["gnuspeech"] == {"5": pytest.approx(0.1), "10": pytest.approx(0.15)}
+    assert table["b"]["gnuspeech"] == {"5": None, "10": None}
+    assert "pico a: 5/h 0.200, 10/h 0.300" in curve.format_f1_at(table)
 
 
 def test_hark_evals_per_engine_table_counts_the_clips_of_the_manifest_it_was_given(tmp_path: Path) -> None:

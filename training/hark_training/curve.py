@@ -24,11 +24,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from hark.core.model_store import LoadedModel, VerificationError, load_version
 from hark_training.engine_eval import alarms, events_report, score_streams, thresholds_for_budget, tuning_speech
 
 DEFAULT_BUDGETS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
+DEFAULT_RATES: tuple[float, ...] = (5.0, 10.0, 20.0)
 
 
 def operating_curve(
@@ -54,7 +56,48 @@ def operating_curve(
     return points
 
 
-def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> None:
+def f1_at_rate(points: Sequence[Mapping[str, Any]], engine: str, rate: float) -> float | None:
+    """Event F1 where an engine's curve crosses ``rate`` false alarms an hour: two models compared at one rate.
+
+    Budgets are tuned on other speech, so the measured rates need not rise with the budget: the points are taken
+    in order of their rate (the best F1 where two share one), joined by straight lines, and a rate beyond the
+    curve's reach gets its nearest end's F1. None when the engine has no keyword events to score.
+    """
+    best: dict[float, float] = {}
+    for p in points:
+        e = p["engines"].get(engine)
+        if e is None or e["event_f1"] is None or e["false_alarms_per_hour"] is None:
+            continue
+        fa = float(e["false_alarms_per_hour"])
+        best[fa] = max(best.get(fa, 0.0), float(e["event_f1"]))
+    if not best:
+        return None
+    rates = sorted(best)
+    return float(np.interp(rate, rates, [best[r] for r in rates]))
+
+
+def f1_at_rates(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], rates: Sequence[float]
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per version, per engine, the event F1 at each rate (keys are the rates as written, e.g. ``"10"``)."""
+    engines = sorted({e for points in curves.values() for p in points for e in p["engines"]})
+    return {
+        name: {engine: {f"{r:g}": f1_at_rate(points, engine, r) for r in rates} for engine in engines}
+        for name, points in curves.items()
+    }
+
+
+def format_f1_at(table: Mapping[str, Mapping[str, Mapping[str, float | None]]]) -> str:
+    """One line per engine and version: event F1 at equal false alarms."""
+    lines = ["event F1 at equal false alarms per hour (interpolated on each curve)"]
+    for name, engines in table.items():
+        for engine, at in engines.items():
+            cells = ", ".join(f"{r}/h {'-' if f1 is None else f'{f1:.3f}'}" for r, f1 in at.items())
+            lines.append(f"  {engine} {name}: {cells}")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, rates: Sequence[float] = ()) -> None:
     """Event F1 against false alarms per hour, one panel per engine, one line per version, budgets marked."""
     engines = sorted({e for points in curves.values() for p in points for e in p["engines"]})
     fig, axes = plt.subplots(1, len(engines), figsize=(4.2 * len(engines), 3.8), squeeze=False)
@@ -72,6 +115,8 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) ->
                 ax.annotate(
                     f"{b:g}", (x, y), fontsize=7, color=line.get_color(), xytext=(3, 3), textcoords="offset points"
                 )
+        for rate in rates:
+            ax.axvline(rate, color="grey", linestyle=":", linewidth=0.8)
         ax.set_title(engine)
         ax.set_xlabel("false alarms per hour")
         ax.set_ylabel("event F1")
@@ -98,14 +143,22 @@ def format_curve(name: str, points: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def budget_list(text: str) -> tuple[float, ...]:
+def _per_hour_list(text: str, what: str) -> tuple[float, ...]:
     try:
-        budgets = tuple(float(b) for b in text.split(",") if b.strip())
+        values = tuple(float(b) for b in text.split(",") if b.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"budgets must be numbers separated by commas, got {text!r}") from None
-    if not budgets or any(b <= 0 for b in budgets):
-        raise argparse.ArgumentTypeError(f"budgets must be positive, got {text!r}")
-    return budgets
+        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas, got {text!r}") from None
+    if not values or any(b <= 0 for b in values):
+        raise argparse.ArgumentTypeError(f"{what} must be positive, got {text!r}")
+    return values
+
+
+def budget_list(text: str) -> tuple[float, ...]:
+    return _per_hour_list(text, "budgets")
+
+
+def rate_list(text: str) -> tuple[float, ...]:
+    return _per_hour_list(text, "rates")
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
@@ -120,14 +173,15 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError, VerificationError) as e:
         print(f"cannot draw the operating curve: {e}", file=sys.stderr)
         return 1
+    at = f1_at_rates(curves, args.at)
+    print(format_f1_at(at))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps({"data": str(args.data), "tune_data": str(args.tune_data), "curves": curves}, indent=2) + "\n"
-        )
+        report = {"data": str(args.data), "tune_data": str(args.tune_data), "curves": curves, "f1_at": at}
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.plot:
-        plot_curves(curves, args.plot)
+        plot_curves(curves, args.plot, args.at)
         print(f"wrote {args.plot}")
     return 0
 
@@ -154,6 +208,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         default=DEFAULT_BUDGETS,
         metavar="LIST",
         help=f"false alarms per hour, comma-separated (default: {','.join(f'{b:g}' for b in DEFAULT_BUDGETS)})",
+    )
+    cu.add_argument(
+        "--at",
+        type=rate_list,
+        default=DEFAULT_RATES,
+        metavar="LIST",
+        help="false alarms per hour at which to read each curve's event F1, interpolated, comma-separated "
+        f"(default: {','.join(f'{r:g}' for r in DEFAULT_RATES)})",
     )
     cu.add_argument(
         "--floor", type=float, default=0.6, help="lowest threshold a keyword may get (default: %(default)s)"
