@@ -116,6 +116,61 @@ def test_thresholds_are_raised_until_the_budget_holds_and_land_in_the_manifest(t
     load_version(version)  # still verifies
 
 
+def test_a_recall_allocation_spends_the_budget_where_it_keeps_keywords(tmp_path: Path) -> None:
+    manifest = load_version(publish_tiny(tmp_path / "store")).manifest
+    # below 0.8 `yes` keeps 4 more keywords for 3 false alarms; below 0.9 `no` keeps 1 more for 3
+    alarms = {"yes": lambda t: 3 if t < 0.8 else 0, "no": lambda t: 3 if t < 0.9 else 0}
+    kept = {"yes": lambda t: 5 if t < 0.8 else 1, "no": lambda t: 2 if t < 0.9 else 1}
+
+    def count(label: str, t: float) -> int:
+        return alarms[label](t) if label in alarms else 0
+
+    def keep(label: str, t: float) -> int:
+        return kept[label](t) if label in kept else 0
+
+    chosen = engine_eval.thresholds_for_recall(manifest, count, keep, hours=1.0, budget_per_hour=3.0, floor=0.6)
+    assert (chosen["yes"], chosen["no"]) == (0.6, 0.9), "the budget buys yes's keywords, not no's"
+    assert chosen["up"] == 0.6, "a keyword that costs nothing and keeps nothing stays at the floor"
+    assert engine_eval.thresholds_for_recall(manifest, count, keep, 1.0, 6.0, 0.6)["no"] == 0.6, "room for both"
+    assert engine_eval.thresholds_for_recall(manifest, count, keep, 1.0, 2.9, 0.6)["yes"] == 0.8, "whole alarms"
+    equal = engine_eval.thresholds_for_budget(manifest, count, 1.0, 3.0, 0.6)
+    assert equal["yes"] == 0.8, "an equal share (0.3 an hour each) buys neither"
+
+
+def test_a_threshold_keeps_its_keywords_less_the_events_that_match_none(tmp_path: Path) -> None:
+    loaded = load_version(publish_tiny(tmp_path / "store"))
+    data = tmp_path / "data"
+    data.mkdir()
+    _stream(data, "kw", [3.0, 9.0, 15.0], level=0.08)  # three faint bursts, two of them said keywords
+    _streams_csv(data, [_row("kw", "val", "keywords", "yes@3.000-3.900;no@9.000-9.900;yes@15.000-15.900")])
+    scored = engine_eval.tuning_keywords(loaded, data, ["val"])
+
+    assert engine_eval.events_kept(loaded.manifest, scored, "yes", 0.4) == 2 - 1
+    assert engine_eval.events_kept(loaded.manifest, scored, "yes", 0.98) == 0
+    with pytest.raises(ValueError, match="no keyword streams"):
+        engine_eval.tuning_keywords(loaded, data, ["test"])
+
+
+def test_the_command_allocates_the_budget_by_recall_and_says_so(tmp_path: Path) -> None:
+    version = publish_tiny(tmp_path / "store")
+    data = tmp_path / "data"
+    data.mkdir()
+    _stream(data, "free", [4.0, 10.0, 16.0], level=0.08)
+    _stream(data, "kw", [3.0, 9.0, 15.0], level=0.08)
+    said = "yes@3.000-3.900;yes@9.000-9.900;yes@15.000-15.900"
+    _streams_csv(data, [_row("free", "val", "keyword-free"), _row("kw", "val", "keywords", said)])
+    args = [str(version), "--data", str(data), "--budget", "540", "--floor", "0.4"]  # 3 alarms in its 20 s
+
+    assert engine_eval.main(["thresholds", *args]) == 0
+    equal = read_manifest(version).thresholds
+    assert engine_eval.main(["thresholds", *args, "--allocate", "recall"]) == 0
+    recall = read_manifest(version).thresholds
+
+    assert equal and recall and recall["yes"] < equal["yes"], "the whole budget buys the keyword a lower threshold"
+    note = json.loads((version / "manifest.json").read_text())["metrics"]["thresholds"]
+    assert note["allocate"] == "recall"
+
+
 def test_the_command_sets_the_versions_smoothing_and_never_goes_below_the_floor(tmp_path: Path) -> None:
     version = publish_tiny(tmp_path / "store")
     data = tmp_path / "data"
@@ -235,6 +290,8 @@ def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
     assert "rates must be numbers" in capsys.readouterr().err
     assert engine_eval.main(["curve", str(version), "--data", str(data), "--tune-data", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("cannot draw the operating curve: ")
+    assert engine_eval.main(["curve", *args, "--allocate", "recall"]) == 1, "nothing to allocate by"
+    assert "has no keyword streams" in capsys.readouterr().err
 
 
 def _point(budget: float, **engines: tuple[float | None, float]) -> dict[str, object]:

@@ -91,7 +91,7 @@ def test_an_unknown_language_is_an_engine_error() -> None:
 
 
 def test_a_failed_espeak_ng_call_is_an_engine_error_that_says_why() -> None:
-    with pytest.raises(EngineError, match="espeak-ng failed: .*does not exist"):
+    with pytest.raises(EngineError, match=r"espeak-ng failed: .*does not exist"):
         english_phonemes(["yes"], accent="xx-no-such-accent")
 
 

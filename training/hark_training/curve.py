@@ -27,7 +27,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hark.core.model_store import LoadedModel, VerificationError, load_version
-from hark_training.engine_eval import alarms, events_report, score_streams, thresholds_for_budget, tuning_speech
+from hark_training.engine_eval import (
+    ALLOCATIONS,
+    alarms,
+    events_kept,
+    events_report,
+    score_streams,
+    thresholds_for_budget,
+    thresholds_for_recall,
+    tuning_keywords,
+    tuning_speech,
+)
 
 DEFAULT_BUDGETS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 DEFAULT_RATES: tuple[float, ...] = (5.0, 10.0, 20.0)
@@ -41,15 +51,22 @@ def operating_curve(
     floor: float = 0.6,
     tune_splits: Sequence[str] = ("val",),
     splits: Sequence[str] = ("val", "test"),
+    allocate: str = "equal",
 ) -> list[dict[str, Any]]:
-    """One point per budget: the thresholds tuned for it and the per-engine event figures they give."""
+    """One point per budget: the thresholds tuned for it (split over the keywords as ``allocate`` says) and the
+    per-engine event figures they give."""
     m = loaded.manifest
     free, hours = tuning_speech(loaded, tune_dir, tune_splits)
     count = cache(partial(alarms, m, free))  # each threshold's false alarms are counted once for every budget
+    if allocate == "recall":
+        kept = cache(partial(events_kept, m, tuning_keywords(loaded, tune_dir, tune_splits)))
+        choose = partial(thresholds_for_recall, m, count, kept, hours)
+    else:
+        choose = partial(thresholds_for_budget, m, count, hours)
     scored = score_streams(loaded, data_dir, splits)
     points = []
     for budget in sorted(budgets):
-        thresholds = thresholds_for_budget(m, count, hours, budget, floor)
+        thresholds = choose(budget, floor)
         points.append(
             {"budget_per_hour": budget, "thresholds": thresholds, "engines": events_report(m, scored, thresholds)}
         )
@@ -167,7 +184,13 @@ def _cmd_curve(args: argparse.Namespace) -> int:
         for version in args.versions:
             loaded = load_version(version)
             curves[str(version)] = operating_curve(
-                loaded, args.data, args.tune_data, args.budgets, args.floor, args.tune_splits.split(",")
+                loaded,
+                args.data,
+                args.tune_data,
+                args.budgets,
+                args.floor,
+                args.tune_splits.split(","),
+                allocate=args.allocate,
             )
             print(format_curve(str(version), curves[str(version)]))
     except (OSError, ValueError, RuntimeError, VerificationError) as e:
@@ -177,7 +200,13 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     print(format_f1_at(at))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"data": str(args.data), "tune_data": str(args.tune_data), "curves": curves, "f1_at": at}
+        report = {
+            "data": str(args.data),
+            "tune_data": str(args.tune_data),
+            "allocate": args.allocate,
+            "curves": curves,
+            "f1_at": at,
+        }
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.plot:
@@ -219,6 +248,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     cu.add_argument(
         "--floor", type=float, default=0.6, help="lowest threshold a keyword may get (default: %(default)s)"
+    )
+    cu.add_argument(
+        "--allocate",
+        choices=ALLOCATIONS,
+        default="equal",
+        help="split each budget in equal shares per keyword, or where it keeps most keyword events of the "
+        "tuning data's keyword streams (default: %(default)s)",
     )
     cu.add_argument("--out", type=Path, help="write the curves as JSON here")
     cu.add_argument("--plot", type=Path, help="draw them here (PNG)")

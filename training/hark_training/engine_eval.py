@@ -10,8 +10,9 @@
 
 ``hark engines thresholds VERSION --data DIR --budget F`` picks, per class, the lowest threshold whose false
 alarms on the validation engines' keyword-free streams stay within ``F`` per hour split over the classes, and
-writes them into the version's manifest as ``thresholds``. Per-class thresholds are simulated exactly by
-scaling each class's probability by ``threshold / class threshold`` before the global-threshold postprocessor.
+writes them into the version's manifest as ``thresholds``. ``--allocate recall`` spends the budget where it keeps
+most keywords instead: the thresholds that keep the most keyword events of the validation keyword streams while the
+keywords' false alarms together stay within ``F``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import stat
 import sys
@@ -310,6 +312,10 @@ def format_engine_table(report: Mapping[str, Any]) -> str:
 # --- thresholds -------------------------------------------------------------------------------------------------
 
 
+ALLOCATIONS: tuple[str, ...] = ("equal", "recall")
+"""How a false-alarm budget is split over the keywords: an equal share each, or where it keeps most keywords."""
+
+
 def keyword_free_streams(data_dir: Path, splits: Sequence[str]) -> list[dict[str, str]]:
     """The rows of ``data_dir``'s keyword-free streams in ``splits``: the speech thresholds are tuned on."""
     free = [r for r in streams_of(data_dir) if r["split"] in splits and r["kind"] == "keyword-free"]
@@ -324,17 +330,77 @@ def tune_thresholds(
     budget_per_hour: float,
     splits: Sequence[str] = ("val",),
     floor: float = THRESHOLD_GRID[0],
+    allocate: str = "equal",
 ) -> dict[str, float]:
-    """Per keyword, the lowest threshold of :data:`THRESHOLD_GRID` from ``floor`` up whose false alarms on the
-    keyword-free streams of ``splits`` stay within an equal share of ``budget_per_hour``."""
+    """Per keyword, a threshold of :data:`THRESHOLD_GRID` from ``floor`` up, so that the false alarms on the
+    keyword-free streams of ``splits`` stay within ``budget_per_hour``: the lowest within an equal share each
+    (``allocate="equal"``), or those that keep the most keyword events of the keyword streams of ``splits``
+    within the whole budget (``"recall"``)."""
     free, hours = tuning_speech(loaded, data_dir, splits)
-    return thresholds_for_budget(loaded.manifest, partial(alarms, loaded.manifest, free), hours, budget_per_hour, floor)
+    count = partial(alarms, loaded.manifest, free)
+    if allocate == "equal":
+        return thresholds_for_budget(loaded.manifest, count, hours, budget_per_hour, floor)
+    kept = partial(events_kept, loaded.manifest, tuning_keywords(loaded, data_dir, splits))
+    return thresholds_for_recall(loaded.manifest, count, kept, hours, budget_per_hour, floor)
 
 
 def tuning_speech(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> tuple[list[ScoredStream], float]:
     """The keyword-free streams of ``splits`` that thresholds are tuned on, scored, and how many hours they hold."""
     free = score_rows(loaded, data_dir, keyword_free_streams(data_dir, splits))
     return free, sum(float(r["duration_s"]) for r, _, _ in free) / 3600
+
+
+def tuning_keywords(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> list[ScoredStream]:
+    """The keyword streams of ``splits``, scored: what a recall allocation keeps."""
+    rows = [r for r in streams_of(data_dir) if r["split"] in splits and r["kind"] == "keywords"]
+    if not rows:
+        raise ValueError(f"{data_dir} has no keyword streams in {list(splits)} to allocate the budget by")
+    return score_rows(loaded, data_dir, rows)
+
+
+def events_kept(manifest: Manifest, scored: Sequence[ScoredStream], label: str, threshold: float) -> int:
+    """``label``'s events that match one of its keywords on the scored keyword streams, less those that match
+    none, at ``threshold`` (others as served): what a threshold buys, net of the wrong events it raises."""
+    kept = 0
+    for row, times, probs in scored:
+        events = [e for e in detect(manifest, times, probs, {label: threshold}) if e[0] == label]
+        tp, fp, _, _ = match(events, [t for t in parse_events(row["events"]) if t[0] == label])
+        kept += tp - fp
+    return kept
+
+
+def thresholds_for_recall(
+    manifest: Manifest,
+    count: Callable[[str, float], int],
+    kept: Callable[[str, float], int],
+    hours: float,
+    budget_per_hour: float,
+    floor: float,
+) -> dict[str, float]:
+    """Per keyword, the thresholds from ``floor`` up that keep the most events (``kept``) while the keywords'
+    false alarms (``count``) together stay within ``budget_per_hour`` over ``hours``.
+
+    An equal share spends as much on a keyword the speech never sets off as on one it often does; here the
+    budget goes where it buys keywords. Exact: a knapsack over whole false alarms (a handful), ties to fewer
+    alarms and then to lower thresholds (as an equal share chooses the lowest that holds). When even every
+    keyword's highest threshold overspends, that is what it gets, as with an equal share.
+    """
+    grid = [t for t in THRESHOLD_GRID if t >= floor - 1e-9] or [THRESHOLD_GRID[-1]]
+    labels = keywords_of(manifest)
+    options = {label: [(count(label, t), kept(label, t), t) for t in grid] for label in labels}
+    least = sum(min(cost for cost, _, _ in options[label]) for label in labels)
+    allowed = max(math.floor(budget_per_hour * hours + 1e-9), least)
+    best: dict[int, tuple[int, tuple[float, ...]]] = {0: (0, ())}  # alarms spent -> (events kept, thresholds)
+    for label in labels:
+        reached: dict[int, tuple[int, tuple[float, ...]]] = {}
+        for spent, (value, chosen) in sorted(best.items()):
+            for cost, gain, t in options[label]:  # lowest threshold first: it wins ties
+                total = spent + cost
+                if total <= allowed and (total not in reached or value + gain > reached[total][0]):
+                    reached[total] = (value + gain, (*chosen, t))
+        best = reached
+    _, (_, chosen) = max(best.items(), key=lambda item: (item[1][0], -item[0]))
+    return dict(zip(labels, chosen, strict=True))
 
 
 def thresholds_for_budget(
@@ -474,10 +540,11 @@ def _cmd_thresholds(args: argparse.Namespace) -> int:
             write_smoothing(args.version, args.smoothing_windows)
         loaded = load_version(args.version)
         splits = args.splits.split(",")
-        chosen = tune_thresholds(loaded, args.data, args.budget, splits, args.floor)
+        chosen = tune_thresholds(loaded, args.data, args.budget, splits, args.floor, args.allocate)
         free = keyword_free_streams(args.data, splits)
         note = {
             "budget_per_hour": args.budget,
+            "allocate": args.allocate,
             "tuned_on": args.splits,
             "data": str(args.data),  # what the model card cannot say: the speech the detection settings fit
             "engines": sorted({r["engine"] for r in free}),
@@ -549,6 +616,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         type=float,
         default=DEFAULT_FLOOR,
         help="lowest threshold a keyword may get (default: %(default)s)",
+    )
+    th.add_argument(
+        "--allocate",
+        choices=ALLOCATIONS,
+        default="equal",
+        help="split the budget in equal shares per keyword, or where it keeps most keyword events of the "
+        "keyword streams of --splits (default: %(default)s)",
     )
     th.add_argument(
         "--smoothing-windows",
