@@ -1,6 +1,6 @@
 """End to end on speech engines the bundled model never heard: a sentence said by each held-out engine's voices
-(RHVoice, held out for test; SVOX Pico, held out for validation), streamed through a real server, gives its
-keywords as events in order. Skipped for an engine that is not installed (``make system-deps-voices``).
+(RHVoice, held out for test; SVOX Pico and GnuSpeech, held out for validation), streamed through a real server,
+gives its keywords as events in order. Skipped for an engine that is not installed (``make system-deps-voices``).
 
 ``HARK_E2E_STORE`` runs it against a candidate store, as ``test_end_to_end.py`` does.
 """
@@ -22,11 +22,18 @@ from tests.integration.conftest import StartHark
 
 STORE = Path(os.environ.get("HARK_E2E_STORE") or Path(__file__).resolve().parents[2] / "model_store")
 WORDS = ["yes", "stop", "go", "left"]
-HELD_OUT = [("rhvoice", "bdl"), ("rhvoice", "clb"), ("pico", "en-US"), ("pico", "en-GB")]
+HELD_OUT = [("rhvoice", "bdl"), ("rhvoice", "clb"), ("pico", "en-US"), ("pico", "en-GB")] + [
+    ("gnuspeech", v) for v in ("male", "female", "large_child", "small_child", "baby")
+]
 NOT_YET = {  # the bundled keywords/7 misses words of these voices (README: Real voices)
     ("rhvoice", "clb"): "keywords/7 misses 'go'",
     ("pico", "en-US"): "keywords/7 misses 'go'",
     ("pico", "en-GB"): "keywords/7 misses 'go'",
+    ("gnuspeech", "male"): "keywords/7 hears 'yes' alone",
+    ("gnuspeech", "female"): "keywords/7 misses 'go' and 'left'",
+    ("gnuspeech", "large_child"): "keywords/7 hears none of the four",
+    ("gnuspeech", "small_child"): "keywords/7 hears one word, as 'no'",
+    ("gnuspeech", "baby"): "keywords/7 hears none of the four",
 }
 
 
