@@ -6,7 +6,9 @@ engines thresholds`` would, and measures event F1, recall and false alarms per h
 streams with each set. One budget is one operating point; a model that is better only because its thresholds
 sit higher shows up on the same curve as the other, further left. Every stream is scored once per version and
 each threshold's false alarms on the tuning speech are counted once, so a curve costs about one ``hark engines
-eval`` plus one ``hark engines thresholds`` per version. The version's manifest is not changed.
+eval`` plus one ``hark engines thresholds`` per version. The version's manifest is not changed. ``--at`` reads
+each curve's F1 at equal false-alarm rates, the comparison a single budget cannot make; ``--allocate`` splits each
+budget as ``hark engines thresholds --allocate`` does.
 """
 
 from __future__ import annotations

@@ -336,6 +336,8 @@ def tune_thresholds(
     keyword-free streams of ``splits`` stay within ``budget_per_hour``: the lowest within an equal share each
     (``allocate="equal"``), or those that keep the most keyword events of the keyword streams of ``splits``
     within the whole budget (``"recall"``)."""
+    if allocate not in ALLOCATIONS:
+        raise ValueError(f"allocate must be one of {', '.join(ALLOCATIONS)}, got {allocate!r}")
     free, hours = tuning_speech(loaded, data_dir, splits)
     count = partial(alarms, loaded.manifest, free)
     if allocate == "equal":
