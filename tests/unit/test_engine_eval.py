@@ -261,6 +261,9 @@ def test_the_operating_curve_trades_recall_for_false_alarms_budget_by_budget(tmp
     assert tight["false_alarms_per_hour"] == 0 and tight["event_recall"] < 1.0
     assert tight == engine_eval.stream_report(loaded, data, ["val", "test"], strict["thresholds"])["pico"]
     assert (version / "manifest.json").read_text() == before, "a curve changes no manifest"
+    twice = curve.operating_curve(loaded, [data, data], tune, budgets=[1e5], floor=0.4)[0]["engines"]["pico"]
+    assert twice["keywords"] == 2 * lax["keywords"], "two data sets are pooled"
+    assert twice["false_alarms_per_hour"] == lax["false_alarms_per_hour"] and twice["event_f1"] == lax["event_f1"]
 
 
 def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
@@ -276,6 +279,7 @@ def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
 
     assert engine_eval.main(["curve", *args, "--out", str(out), "--plot", str(plot)]) == 0
 
+    assert json.loads(out.read_text())["data"] == [str(data)]
     written = json.loads(out.read_text())["curves"][str(version)]
     assert [p["budget_per_hour"] for p in written] == [2.0, 20.0]
     assert set(json.loads(out.read_text())["f1_at"][str(version)]["pico"]) == {"5", "10", "20"}

@@ -47,7 +47,7 @@ DEFAULT_RATES: tuple[float, ...] = (5.0, 10.0, 20.0)
 
 def operating_curve(
     loaded: LoadedModel,
-    data_dir: Path,
+    data_dir: Path | Sequence[Path],
     tune_dir: Path,
     budgets: Sequence[float] = DEFAULT_BUDGETS,
     floor: float = 0.6,
@@ -56,7 +56,7 @@ def operating_curve(
     allocate: str = "equal",
 ) -> list[dict[str, Any]]:
     """One point per budget: the thresholds tuned for it (split over the keywords as ``allocate`` says) and the
-    per-engine event figures they give."""
+    per-engine event figures they give, on the streams of ``data_dir`` (of several folders, pooled)."""
     m = loaded.manifest
     free, hours = tuning_speech(loaded, tune_dir, tune_splits)
     count = cache(partial(alarms, m, free))  # each threshold's false alarms are counted once for every budget
@@ -65,7 +65,8 @@ def operating_curve(
         choose = partial(thresholds_for_recall, m, count, kept, hours)
     else:
         choose = partial(thresholds_for_budget, m, count, hours)
-    scored = score_streams(loaded, data_dir, splits)
+    folders = [data_dir] if isinstance(data_dir, Path) else list(data_dir)
+    scored = [stream for folder in folders for stream in score_streams(loaded, folder, splits)]
     points = []
     for budget in sorted(budgets):
         thresholds = choose(budget, floor)
@@ -187,7 +188,7 @@ def _cmd_curve(args: argparse.Namespace) -> int:
             loaded = load_version(version)
             curves[str(version)] = operating_curve(
                 loaded,
-                args.data,
+                args.data or [Path("data/keywords")],
                 args.tune_data,
                 args.budgets,
                 args.floor,
@@ -203,7 +204,7 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
-            "data": str(args.data),
+            "data": [str(d) for d in args.data or [Path("data/keywords")]],
             "tune_data": str(args.tune_data),
             "allocate": args.allocate,
             "curves": curves,
@@ -227,7 +228,12 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     cu.add_argument("versions", type=Path, nargs="+", metavar="VERSION", help="version folders to compare")
     cu.add_argument(
-        "--data", type=Path, default=Path("data/keywords"), help="streams to measure on (default: %(default)s)"
+        "--data",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="streams to measure on; repeat it to pool several data sets, e.g. two hours of the same engines "
+        "(default: data/keywords)",
     )
     cu.add_argument(
         "--tune-data", type=Path, required=True, help="data folder whose keyword-free streams set the thresholds"
