@@ -285,7 +285,7 @@ def test_the_curve_command_writes_json_and_a_plot_and_refuses_bad_budgets(
     assert set(json.loads(out.read_text())["f1_at"][str(version)]["pico"]) == {"5", "10", "20"}
     assert plot.read_bytes().startswith(b"\x89PNG")
     printed = capsys.readouterr().out
-    assert "budget 2: pico" in printed and "event F1 at equal false alarms" in printed
+    assert "budget 2: pico" in printed and "best event F1 within each rate" in printed
     with pytest.raises(SystemExit):
         engine_eval.main(["curve", *args[:-1], "2,-1"])
     assert "budgets must be positive" in capsys.readouterr().err
@@ -305,14 +305,14 @@ def _point(budget: float, **engines: tuple[float | None, float]) -> dict[str, ob
     }
 
 
-def test_f1_at_a_rate_is_read_between_the_two_nearest_points_of_the_curve() -> None:
+def test_f1_at_a_rate_is_the_best_the_curve_gives_within_that_rate() -> None:
     points = [_point(1, pico=(0.2, 4.0)), _point(5, pico=(0.4, 8.0)), _point(20, pico=(0.6, 24.0))]
 
-    assert curve.f1_at_rate(points, "pico", 6.0) == pytest.approx(0.3)
+    assert curve.f1_at_rate(points, "pico", 6.0) == pytest.approx(0.3), "between two points: on the line"
     assert curve.f1_at_rate(points, "pico", 16.0) == pytest.approx(0.5)
     assert curve.f1_at_rate(points, "pico", 8.0) == pytest.approx(0.4)
-    assert curve.f1_at_rate(points, "pico", 1.0) == pytest.approx(0.2), "below its reach: its first point"
-    assert curve.f1_at_rate(points, "pico", 99.0) == pytest.approx(0.6), "beyond its reach: its last point"
+    assert curve.f1_at_rate(points, "pico", 99.0) == pytest.approx(0.6), "beyond its reach: it spends less"
+    assert curve.f1_at_rate(points, "pico", 3.0) is None, "below its reach: no budget operates there"
     assert curve.f1_at_rate(points, "rhvoice", 10.0) is None
 
 
@@ -321,7 +321,14 @@ def test_f1_at_a_rate_follows_the_measured_rates_not_the_budgets() -> None:
     points = [_point(1, pico=(0.3, 10.0)), _point(2, pico=(0.1, 2.0)), _point(5, pico=(0.5, 10.0))]
 
     assert curve.f1_at_rate(points, "pico", 6.0) == pytest.approx(0.3), "the best F1 where two points share a rate"
+    assert curve.f1_at_rate(points, "pico", 2.0) == pytest.approx(0.1)
     assert curve.f1_at_rate([_point(5, pico=(None, 3.0))], "pico", 3.0) is None
+
+
+def test_f1_within_a_rate_never_falls_where_the_curve_dips() -> None:
+    points = [_point(1, pico=(0.5, 4.0)), _point(5, pico=(0.3, 8.0)), _point(20, pico=(0.6, 12.0))]
+
+    assert curve.f1_at_rate(points, "pico", 8.0) == pytest.approx(0.5), "the budget that fired less did better"
 
 
 def test_versions_are_compared_at_the_same_rates_on_every_engine() -> None:
@@ -336,6 +343,7 @@ def test_versions_are_compared_at_the_same_rates_on_every_engine() -> None:
     assert table["a"]["gnuspeech"] == {"5": pytest.approx(0.1), "10": pytest.approx(0.15)}
     assert table["b"]["gnuspeech"] == {"5": None, "10": None}
     assert "pico a: 5/h 0.200, 10/h 0.300" in curve.format_f1_at(table)
+    assert "gnuspeech b: 5/h -, 10/h -" in curve.format_f1_at(table)
 
 
 def test_hark_evals_per_engine_table_counts_the_clips_of_the_manifest_it_was_given(tmp_path: Path) -> None:

@@ -77,11 +77,14 @@ def operating_curve(
 
 
 def f1_at_rate(points: Sequence[Mapping[str, Any]], engine: str, rate: float) -> float | None:
-    """Event F1 where an engine's curve crosses ``rate`` false alarms an hour: two models compared at one rate.
+    """The best event F1 an engine's curve gives at no more than ``rate`` false alarms an hour: two models compared
+    at one rate, as keyword spotters are (recall at a fixed false-alarm rate).
 
     Budgets are tuned on other speech, so the measured rates need not rise with the budget: the points are taken
-    in order of their rate (the best F1 where two share one), joined by straight lines, and a rate beyond the
-    curve's reach gets its nearest end's F1. None when the engine has no keyword events to score.
+    in order of their rate (the best F1 where two share one) and joined by straight lines, and the answer is the
+    best of the line up to ``rate``. None where the curve never gets that low (no budget tried operates there;
+    reading such a curve at its lowest point instead would favour the model that cannot), or where the engine has
+    no keyword events to score.
     """
     best: dict[float, float] = {}
     for p in points:
@@ -90,10 +93,11 @@ def f1_at_rate(points: Sequence[Mapping[str, Any]], engine: str, rate: float) ->
             continue
         fa = float(e["false_alarms_per_hour"])
         best[fa] = max(best.get(fa, 0.0), float(e["event_f1"]))
-    if not best:
-        return None
     rates = sorted(best)
-    return float(np.interp(rate, rates, [best[r] for r in rates]))
+    if not rates or rate < rates[0]:
+        return None
+    reached = [best[r] for r in rates if r <= rate]
+    return max(*reached, float(np.interp(rate, rates, [best[r] for r in rates])))
 
 
 def f1_at_rates(
@@ -109,7 +113,7 @@ def f1_at_rates(
 
 def format_f1_at(table: Mapping[str, Mapping[str, Mapping[str, float | None]]]) -> str:
     """One line per engine and version: event F1 at equal false alarms."""
-    lines = ["event F1 at equal false alarms per hour (interpolated on each curve)"]
+    lines = ["best event F1 within each rate of false alarms per hour (-: the curve never gets that low)"]
     for name, engines in table.items():
         for engine, at in engines.items():
             cells = ", ".join(f"{r}/h {'-' if f1 is None else f'{f1:.3f}'}" for r, f1 in at.items())
@@ -251,7 +255,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         type=rate_list,
         default=DEFAULT_RATES,
         metavar="LIST",
-        help="false alarms per hour at which to read each curve's event F1, interpolated, comma-separated "
+        help="false alarms per hour within which to read each curve's best event F1, comma-separated "
         f"(default: {','.join(f'{r:g}' for r in DEFAULT_RATES)})",
     )
     cu.add_argument(
