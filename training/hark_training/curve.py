@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +28,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hark.core.model_store import LoadedModel, VerificationError, load_version
-from hark_training.engine_eval import (
-    ALLOCATIONS,
-    alarms,
-    events_kept,
-    events_report,
-    score_streams,
-    thresholds_for_budget,
-    thresholds_for_recall,
-    tuning_keywords,
-    tuning_speech,
-)
+from hark_training.engine_eval import ALLOCATIONS, events_report, score_streams, threshold_tuner
 
 DEFAULT_BUDGETS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 DEFAULT_RATES: tuple[float, ...] = (5.0, 10.0, 20.0)
+DEFAULT_DATA = Path("data/keywords")
 
 
 def operating_curve(
@@ -58,13 +48,7 @@ def operating_curve(
     """One point per budget: the thresholds tuned for it (split over the keywords as ``allocate`` says) and the
     per-engine event figures they give, on the streams of ``data_dir`` (of several folders, pooled)."""
     m = loaded.manifest
-    free, hours = tuning_speech(loaded, tune_dir, tune_splits)
-    count = cache(partial(alarms, m, free))  # each threshold's false alarms are counted once for every budget
-    if allocate == "recall":
-        kept = cache(partial(events_kept, m, tuning_keywords(loaded, tune_dir, tune_splits)))
-        choose = partial(thresholds_for_recall, m, count, kept, hours)
-    else:
-        choose = partial(thresholds_for_budget, m, count, hours)
+    choose = threshold_tuner(loaded, tune_dir, tune_splits, allocate)  # each threshold counted once for every budget
     folders = [data_dir] if isinstance(data_dir, Path) else list(data_dir)
     scored = [stream for folder in folders for stream in score_streams(loaded, folder, splits)]
     points = []
@@ -187,12 +171,13 @@ def rate_list(text: str) -> tuple[float, ...]:
 
 def _cmd_curve(args: argparse.Namespace) -> int:
     curves: dict[str, list[dict[str, Any]]] = {}
+    data = args.data or [DEFAULT_DATA]
     try:
         for version in args.versions:
             loaded = load_version(version)
             curves[str(version)] = operating_curve(
                 loaded,
-                args.data or [Path("data/keywords")],
+                data,
                 args.tune_data,
                 args.budgets,
                 args.floor,
@@ -208,7 +193,7 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
-            "data": [str(d) for d in args.data or [Path("data/keywords")]],
+            "data": [str(d) for d in data],
             "tune_data": str(args.tune_data),
             "allocate": args.allocate,
             "curves": curves,
@@ -237,7 +222,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         action="append",
         metavar="DIR",
         help="streams to measure on; repeat it to pool several data sets, e.g. two hours of the same engines "
-        "(default: data/keywords)",
+        f"(default: {DEFAULT_DATA})",
     )
     cu.add_argument(
         "--tune-data", type=Path, required=True, help="data folder whose keyword-free streams set the thresholds"

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -336,14 +336,23 @@ def tune_thresholds(
     keyword-free streams of ``splits`` stay within ``budget_per_hour``: the lowest within an equal share each
     (``allocate="equal"``), or those that keep the most keyword events of the keyword streams of ``splits``
     within the whole budget (``"recall"``)."""
+    return threshold_tuner(loaded, data_dir, splits, allocate)(budget_per_hour, floor)
+
+
+def threshold_tuner(
+    loaded: LoadedModel, data_dir: Path, splits: Sequence[str], allocate: str = "equal"
+) -> Callable[[float, float], dict[str, float]]:
+    """``(budget_per_hour, floor) -> thresholds`` as :func:`tune_thresholds` chooses them, with the tuning speech
+    scored once and each threshold's counts kept, so many budgets (an operating curve) cost about one."""
     if allocate not in ALLOCATIONS:
         raise ValueError(f"allocate must be one of {', '.join(ALLOCATIONS)}, got {allocate!r}")
+    m = loaded.manifest
     free, hours = tuning_speech(loaded, data_dir, splits)
-    count = partial(alarms, loaded.manifest, free)
+    count = cache(partial(alarms, m, free))
     if allocate == "equal":
-        return thresholds_for_budget(loaded.manifest, count, hours, budget_per_hour, floor)
-    kept = partial(events_kept, loaded.manifest, tuning_keywords(loaded, data_dir, splits))
-    return thresholds_for_recall(loaded.manifest, count, kept, hours, budget_per_hour, floor)
+        return partial(thresholds_for_budget, m, count, hours)
+    kept = cache(partial(events_kept, m, tuning_keywords(loaded, data_dir, splits)))
+    return partial(thresholds_for_recall, m, count, kept, hours)
 
 
 def tuning_speech(loaded: LoadedModel, data_dir: Path, splits: Sequence[str]) -> tuple[list[ScoredStream], float]:
